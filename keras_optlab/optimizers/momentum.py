@@ -1,0 +1,74 @@
+"""Gradient descent with (heavy-ball) momentum."""
+
+from __future__ import annotations
+
+import keras
+
+from keras_optlab.optimizers._base import OptlabOptimizer
+from keras_optlab.optimizers._validation import check_bool, check_float
+
+
+@keras.saving.register_keras_serializable(package="keras_optlab")
+class Momentum(OptlabOptimizer):
+    r"""Gradient descent with momentum.
+
+    With the learning rate inside the velocity (`lr_in_momentum=True`, the source
+    article's and Keras' form):
+
+    .. math::
+
+        v_t = \mu v_{t-1} - \eta_t g_t, \qquad w_t = w_{t-1} + v_t
+
+    With the learning rate outside (`lr_in_momentum=False`, PyTorch's and Optax's
+    form, dampening 0):
+
+    .. math::
+
+        v_t = \mu v_{t-1} + g_t, \qquad w_t = w_{t-1} - \eta_t v_t
+
+    :math:`\mu` is `momentum`, :math:`\eta_t` the learning rate, :math:`v` the
+    velocity slot (starting at 0), in weight units in the first form and in
+    gradient units in the second. The two are the same trajectory while the
+    learning rate is constant and differ as soon as a schedule changes it. The
+    effective learning rate is :math:`\eta_t`.
+
+    Args:
+        learning_rate: float >= 0, a `LearningRateSchedule`, or a callable. 0.01.
+        momentum: float in [0, 1]. 0.9.
+        lr_in_momentum: bool. True.
+        **kwargs: Keras' optimizer arguments and `coupled_weight_decay`.
+    """
+
+    CONVENTIONS = {
+        "keras": {"lr_in_momentum": True},
+        "pytorch": {"lr_in_momentum": False, "coupled_weight_decay": True},
+        "optax": {"lr_in_momentum": False},
+    }
+
+    def __init__(self, learning_rate=0.01, momentum=0.9, lr_in_momentum=True, **kwargs):
+        momentum = check_float("momentum", momentum, "[0, 1]")
+        lr_in_momentum = check_bool("lr_in_momentum", lr_in_momentum)
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.momentum = momentum
+        self.lr_in_momentum = lr_in_momentum
+
+    def build_slots(self, var_list):
+        self.add_slots(var_list, "velocity")
+
+    def update_step(self, gradient, variable, learning_rate):
+        g, lr, _ = self.prepare(gradient, variable, learning_rate)
+        mu = self.hyper(self.momentum, g.dtype)
+        v = self.slot("velocity", variable)
+        if self.lr_in_momentum:
+            v_new = mu * v - lr * g  # v = mu*v - lr*g
+            self.assign(v, v_new)
+            self.assign_add(variable, v_new)  # w += v
+        else:
+            v_new = mu * v + g  # v = mu*v + g
+            self.assign(v, v_new)
+            self.assign_sub(variable, lr * v_new)  # w -= lr*v
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(momentum=self.momentum, lr_in_momentum=self.lr_in_momentum)
+        return config

@@ -1,0 +1,104 @@
+"""The one list of optimizers under test, and how a trajectory is run.
+
+`OPTIMIZERS` holds each optimizer at its defaults (shared behaviour is tested
+once over it). `CASES` adds the documented conventions of each rule, each paired
+with the NumPy reference of `reference.py` and the same keyword arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import keras_optlab as ko
+from tests import reference
+
+REFERENCES = {
+    ko.SGD: reference.sgd,
+    ko.Momentum: reference.momentum,
+    ko.NAG: reference.nag,
+    ko.Adagrad: reference.adagrad,
+    ko.RMSProp: reference.rmsprop,
+    ko.Adam: reference.adam,
+}
+
+#: Each optimizer at its defaults: the one list that shared checks run over.
+OPTIMIZERS = list(ko.ALL)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    cls: type
+    kwargs: dict
+
+    @property
+    def id(self) -> str:
+        args = ",".join(f"{k}={v}" for k, v in self.kwargs.items())
+        return f"{self.cls.__name__}({args})"
+
+    def optimizer(self, **extra):
+        return self.cls(**{**self.kwargs, **extra})
+
+    def reference(self, w, grads, lrs, **extra):
+        return REFERENCES[self.cls](w, grads, lrs, **{**self.kwargs, **extra})
+
+
+CASES = [Case(cls, {}) for cls in OPTIMIZERS] + [
+    Case(ko.Momentum, {"lr_in_momentum": False, "momentum": 0.8}),
+    Case(ko.NAG, {"lr_in_momentum": False}),
+    Case(ko.SGD, {"weight_decay": 0.05, "coupled_weight_decay": True}),
+    Case(ko.Momentum, {"weight_decay": 0.05}),
+    Case(ko.Adagrad, {"initial_accumulator_value": 0.1, "epsilon": 1e-7, "epsilon_inside_sqrt": True}),
+    Case(ko.Adagrad, {"lr_decay": 0.01, "epsilon": 1e-10}),
+    Case(ko.RMSProp, {"epsilon_inside_sqrt": True, "rho": 0.95}),
+    Case(ko.RMSProp, {"centered": True, "momentum": 0.9}),
+    Case(ko.RMSProp, {"centered": True, "momentum": 0.5, "lr_in_momentum": False}),
+    Case(ko.Adam, {"epsilon_hat": True, "epsilon": 1e-3}),
+    Case(ko.Adam, {"amsgrad": True}),
+    Case(ko.Adam, {"amsgrad": True, "amsgrad_max": "corrected"}),
+    Case(ko.Adam, {"amsgrad": True, "epsilon_hat": True, "epsilon": 1e-3}),
+    Case(ko.Adam, {"bias_correction": False, "beta_2": 0.99}),
+    Case(ko.Adam, {"weight_decay": 0.01, "coupled_weight_decay": True}),
+]
+
+#: Learning rates under which the rule tests run: a schedule changes the rate at
+#: every step, so that "lr inside or outside the buffer" shows.
+BASE_LR = {ko.SGD: 0.05, ko.Momentum: 0.02, ko.NAG: 0.02, ko.Adagrad: 0.1, ko.RMSProp: 0.01, ko.Adam: 0.01}
+
+
+def schedule(cls, steps):
+    return keras.optimizers.schedules.CosineDecay(BASE_LR[cls], decay_steps=steps, alpha=0.1)
+
+
+def random_gradients(shape, steps, seed=0):
+    """Gradients of varying scale; one element gets its first non-zero gradient at step 20."""
+    rng = np.random.default_rng(seed)
+    grads = rng.normal(size=(steps, *shape)) * rng.uniform(0.1, 3.0, size=(steps,) + (1,) * len(shape))
+    grads[:20, 0, 0] = 0.0
+    return grads
+
+
+def run(optimizer, w0, grads, dtype):
+    """Applies `grads` one step at a time in a compiled step.
+
+    Returns the weights after each step, and the learning rate each step used as
+    the optimizer computed it (a schedule evaluated in a graph can differ from the
+    same schedule evaluated eagerly by a unit in the last place).
+    """
+    w = keras.Variable(np.asarray(w0, dtype=dtype), dtype=dtype)
+    optimizer.build([w])
+
+    @tf.function
+    def step(g):
+        lr = optimizer.learning_rate
+        optimizer.apply([g], [w])
+        return lr
+
+    weights, lrs = [], []
+    for g in grads:
+        lrs.append(float(step(tf.constant(g, dtype=dtype))))
+        weights.append(w.numpy().astype(np.float64))
+    return np.array(weights), np.array(lrs)

@@ -1,0 +1,47 @@
+"""Each rule against its NumPy reference, over whole trajectories with a schedule."""
+
+import numpy as np
+import pytest
+
+from tests.cases import CASES, random_gradients, run, schedule
+
+STEPS = 220
+SHAPE = (3, 4)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize(
+    "dtype, tolerance",
+    [("float64", {"rtol": 1e-10, "atol": 1e-13}), ("float32", {"rtol": 1e-5, "atol": 1e-6})],
+)
+def test_matches_numpy_reference(case, dtype, tolerance):
+    grads = random_gradients(SHAPE, STEPS)
+    w0 = np.random.default_rng(1).normal(size=SHAPE)
+    sched = schedule(case.cls, STEPS)
+    got, lrs = run(case.optimizer(learning_rate=sched), w0, grads, dtype)
+    want = case.reference(w0, grads, lrs)
+    np.testing.assert_allclose(got, want, **tolerance)
+
+
+# Each switch of each rule, flipped: the reference of the unflipped rule must no
+# longer match. A test that passed with either variant would prove nothing.
+# For SGD coupled and decoupled decay are the same rule, w -= lr * (g + wd * w).
+SAME_RULE = {("SGD", "coupled_weight_decay")}
+FLIPS = [
+    (case, key)
+    for case in CASES
+    for key, value in case.kwargs.items()
+    if isinstance(value, bool) and (case.cls.__name__, key) not in SAME_RULE
+] + [(case, "amsgrad_max") for case in CASES if case.kwargs.get("amsgrad")]
+
+
+@pytest.mark.parametrize("case, key", FLIPS, ids=lambda x: getattr(x, "id", x))
+def test_every_switch_changes_the_trajectory(case, key):
+    value = case.kwargs.get(key, "raw")
+    flipped = (not value) if isinstance(value, bool) else {"raw": "corrected", "corrected": "raw"}[value]
+    grads = random_gradients(SHAPE, STEPS)
+    w0 = np.random.default_rng(1).normal(size=SHAPE)
+    sched = schedule(case.cls, STEPS)
+    got, lrs = run(case.optimizer(learning_rate=sched, **{key: flipped}), w0, grads, "float64")
+    want = case.reference(w0, grads, lrs)
+    assert np.max(np.abs(got - want) / (np.abs(want) + 1e-8)) > 1e-6
