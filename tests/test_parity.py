@@ -107,7 +107,7 @@ def test_torch(name, torch_name, torch_kwargs, cls, kwargs, lr):
     param = torch.nn.Parameter(torch.tensor(w0, dtype=torch.float64))
     theirs = getattr(torch.optim, torch_name)([param], lr=lrs[0], **torch_kwargs)
     want = []
-    for g, lr_t in zip(grads, lrs):
+    for g, lr_t in zip(grads, lrs, strict=True):
         theirs.param_groups[0]["lr"] = lr_t  # what a torch scheduler does between steps
         param.grad = torch.tensor(g, dtype=torch.float64)
         theirs.step()
