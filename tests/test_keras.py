@@ -214,7 +214,9 @@ def test_apply_gradients_in_a_custom_loop():
     for _ in range(30):
         with tf.GradientTape() as tape:
             loss = loss_fn(y, model(x))
-        opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        opt.apply_gradients(
+            zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables, strict=True)
+        )
         losses.append(float(loss))
     assert losses[-1] < losses[0]
     assert opt.iterations.numpy() == 30
