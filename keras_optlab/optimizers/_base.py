@@ -167,12 +167,25 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         """The per-element factor that multiplies the rule's direction, shaped as `variable`.
 
         Computed from the current state by the same function that `update_step`
-        uses, at `learning_rate` (default: the optimizer's current learning rate).
+        uses, at `learning_rate` (default: the optimizer's current learning rate)
+        and at the step count of the most recent step.
         """
         self._require_built()
+        lr = self.learning_rate if learning_rate is None else learning_rate
+        return self.rate_from_state(self.state(variable), lr, self.iterations, variable)
+
+    def rate_from_state(self, state: dict, learning_rate, iterations, variable):
+        """The effective learning rate for slot values `state` (a dict as `state()` returns).
+
+        The same formula as `effective_learning_rate`, for state held elsewhere: the
+        diagnostics read Keras' built-in optimizers through it, by building the
+        keras_optlab twin of their rule. `iterations` is the number of steps taken.
+        """
         dtype = self.compute_dtype(variable)
-        lr = ops.cast(self.learning_rate if learning_rate is None else learning_rate, dtype)
-        return ops.broadcast_to(self._rate_from_state(lr, variable, dtype), variable.shape)
+        state = {name: ops.cast(value, dtype) for name, value in state.items()}
+        t = ops.cast(ops.maximum(iterations, 1), dtype)
+        rate = self._rate_of_state(state, ops.cast(learning_rate, dtype), t)
+        return ops.broadcast_to(rate, variable.shape)
 
     def initial_state_mask(self, variable):
         """True where the element's cache still holds its initial value.
@@ -182,9 +195,14 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         All False for optimizers without a cache.
         """
         self._require_built()
+        return self.initial_mask_from_state(self.state(variable), variable)
+
+    def initial_mask_from_state(self, state: dict, variable):
+        """`initial_state_mask` for slot values `state` held elsewhere."""
         return ops.zeros(variable.shape, "bool")
 
-    def _rate_from_state(self, lr, variable, dtype):
+    def _rate_of_state(self, state, lr, t):
+        """The rule's effective learning rate from slot values; overridden by each rule."""
         return lr
 
     def _require_built(self):

@@ -94,13 +94,15 @@ class Adagrad(OptlabOptimizer):
         rate = self._rate(lr, c, self.step_count(g.dtype))
         self.assign_sub(variable, self.at_rows(rate * g, rows))  # w -= rate * g
 
-    def _rate_from_state(self, lr, variable, dtype):
-        t = ops.cast(ops.maximum(self.iterations, 1), dtype)
-        return self._rate(lr, ops.cast(self.slot("cache", variable), dtype), t)
+    def _rate_of_state(self, state, lr, t):
+        return self._rate(lr, state["cache"], t)
 
-    def initial_state_mask(self, variable):
-        cache = self.slot("cache", variable)
-        return ops.equal(cache, self.hyper(self.initial_accumulator_value, cache.dtype))
+    def initial_mask_from_state(self, state, variable):
+        cache = state["cache"]
+        return ops.equal(
+            cache,
+            ops.cast(self.hyper(self.initial_accumulator_value, self.compute_dtype(variable)), cache.dtype),
+        )
 
     def get_config(self):
         config = super().get_config()

@@ -131,14 +131,14 @@ class Adam(OptlabOptimizer):
             v_hat = v_max_t / correction_2 if self.amsgrad_max == "raw" else v_max_t
         self.assign_sub(variable, self._rate(lr, v_hat, correction_2) * (m_t / correction_1))
 
-    def _rate_from_state(self, lr, variable, dtype):
-        _, correction_2 = self._corrections(ops.cast(ops.maximum(self.iterations, 1), dtype), dtype)
-        v = ops.cast(self.slot("v_max" if self.amsgrad else "v", variable), dtype)
-        corrected = self.amsgrad and self.amsgrad_max == "corrected"
-        return self._rate(lr, v if corrected else v / correction_2, correction_2)
+    def _rate_of_state(self, state, lr, t):
+        _, correction_2 = self._corrections(t, lr.dtype)
+        if self.amsgrad and self.amsgrad_max == "corrected":
+            return self._rate(lr, state["v_max"], correction_2)
+        return self._rate(lr, state["v_max" if self.amsgrad else "v"] / correction_2, correction_2)
 
-    def initial_state_mask(self, variable):
-        return ops.equal(self.slot("v", variable), 0)
+    def initial_mask_from_state(self, state, variable):
+        return ops.equal(state["v"], 0)
 
     def get_config(self):
         config = super().get_config()

@@ -118,12 +118,11 @@ class RMSProp(OptlabOptimizer):
             self.assign(buffer, b)
             self.assign_sub(variable, lr * b)  # w -= lr*b
 
-    def _rate_from_state(self, lr, variable, dtype):
-        state = {name: ops.cast(value, dtype) for name, value in self.state(variable).items()}
+    def _rate_of_state(self, state, lr, t):
         return lr / self._denominator(state["cache"], state.get("mean_gradient"))
 
-    def initial_state_mask(self, variable):
-        return ops.equal(self.slot("cache", variable), 0)
+    def initial_mask_from_state(self, state, variable):
+        return ops.equal(state["cache"], 0)
 
     def get_config(self):
         config = super().get_config()

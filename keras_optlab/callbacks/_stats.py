@@ -1,0 +1,134 @@
+"""Statistics of the optimizer's state, as TensorFlow ops for one compiled call.
+
+Every variable contributes a *part*: sums, extremes and a histogram of its effective
+learning rates. Parts add up, so a layer's statistics and the model's come from
+the same parts by the same `summarise`, with no second pass over the data.
+
+Quantiles of the effective learning rate are read off a histogram of
+log10(rate) with `BINS` bins over [1e-12, 1e4] (`WIDTH` = 0.025 decades a bin),
+interpolated linearly inside a bin and clipped to the exact minimum and maximum:
+a quantile is exact to within one bin, 6% relative. Rates outside the range are
+counted in the end bins (their minimum and maximum stay exact).
+"""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+BINS = 640
+LOG10_LOW, LOG10_HIGH = -12.0, 4.0
+WIDTH = (LOG10_HIGH - LOG10_LOW) / BINS
+QUANTILES = {"q05": 0.05, "q25": 0.25, "median": 0.5, "q75": 0.75, "q95": 0.95}
+#: Key of `summarise`'s output that is not a tag: how many elements the rates cover.
+TOUCHED = "_touched"
+#: Tags that describe the distribution of rates, written only once some element has one.
+DISTRIBUTION = ("min", "mean", "max", *QUANTILES)
+
+
+def _f32(x):
+    return tf.cast(x, tf.float32)
+
+
+def part(
+    rate, never_updated, momentum, cache, cache_growth, weight, weight_change, gradient_squared, threshold
+):
+    """The additive statistics of one variable. Any argument but `weight` may be None.
+
+    `rate`: effective learning rate per element; `never_updated`: bool mask of
+    elements whose cache is still initial (kept out of the rate's distribution);
+    `cache_growth`: cache change per step since the previous log; `weight_change`:
+    the weights' change over the step before the log; `gradient_squared`: g^2 of
+    that step; `threshold`: rates below it count as "below threshold".
+    """
+    p = {"n": _f32(tf.size(weight)), "weight_sumsq": tf.reduce_sum(tf.square(_f32(weight)))}
+    if rate is not None:
+        rate = _f32(rate)
+        touched = tf.logical_not(never_updated)
+        log10 = tf.math.log(tf.maximum(rate, 1e-30)) / math.log(10.0)
+        bins = tf.clip_by_value(tf.cast(tf.floor((log10 - LOG10_LOW) / WIDTH), tf.int32), 0, BINS - 1)
+        weights = _f32(touched)
+        inf = tf.constant(math.inf)
+        p.update(
+            rate_counts=tf.math.unsorted_segment_sum(tf.reshape(weights, [-1]), tf.reshape(bins, [-1]), BINS),
+            rate_touched=tf.reduce_sum(weights),
+            rate_never=tf.reduce_sum(_f32(never_updated)),
+            rate_sum=tf.reduce_sum(tf.where(touched, rate, 0.0)),
+            rate_min=tf.reduce_min(tf.where(touched, rate, inf)),
+            rate_max=tf.reduce_max(tf.where(touched, rate, -inf)),
+            rate_below=tf.reduce_sum(_f32(tf.logical_and(touched, rate < threshold))),
+        )
+    if momentum is not None:
+        momentum = _f32(momentum)
+        p.update(
+            momentum_n=p["n"],
+            momentum_sumsq=tf.reduce_sum(tf.square(momentum)),
+            momentum_sumabs=tf.reduce_sum(tf.abs(momentum)),
+        )
+    if cache is not None:
+        cache = _f32(cache)
+        p.update(cache_n=p["n"], cache_sum=tf.reduce_sum(cache), cache_max=tf.reduce_max(cache))
+    if cache_growth is not None:
+        p.update(growth_n=p["n"], growth_sum=tf.reduce_sum(_f32(cache_growth)))
+    if weight_change is not None:
+        p["change_sumsq"] = tf.reduce_sum(tf.square(_f32(weight_change)))
+    if gradient_squared is not None:
+        p["gradient_sumsq"] = tf.reduce_sum(tf.maximum(_f32(gradient_squared), 0.0))
+    return p
+
+
+def _combine(parts):
+    """Adds parts up: counts and sums add, extremes take their extreme."""
+    out = {}
+    for key in set().union(*parts):
+        values = [p[key] for p in parts if key in p]
+        if key.endswith("_min"):
+            out[key] = tf.reduce_min(tf.stack(values))
+        elif key.endswith("_max"):
+            out[key] = tf.reduce_max(tf.stack(values))
+        else:
+            out[key] = tf.add_n(values)
+    return out
+
+
+def _quantiles(counts, low, high):
+    """Interpolated quantiles of a log10 histogram, clipped to [low, high]."""
+    total = tf.reduce_sum(counts)
+    cumulative = tf.cumsum(counts)
+    targets = tf.constant(list(QUANTILES.values())) * total
+    index = tf.minimum(tf.searchsorted(cumulative[None], targets[None], side="left")[0], BINS - 1)
+    before = tf.where(index > 0, tf.gather(cumulative, tf.maximum(index - 1, 0)), 0.0)
+    within = tf.math.divide_no_nan(targets - before, tf.gather(counts, index))
+    values = tf.pow(10.0, LOG10_LOW + (_f32(index) + within) * WIDTH)
+    values = tf.clip_by_value(values, low, high)
+    return dict(zip(QUANTILES, tf.unstack(values), strict=True))
+
+
+def summarise(parts) -> dict:
+    """Scalar statistics (name -> scalar tensor) of one or more parts together."""
+    p = _combine(parts)
+    out = {}
+    if "rate_counts" in p:
+        touched = p["rate_touched"]
+        out[TOUCHED] = touched
+        out["effective_lr/never_updated"] = p["rate_never"]
+        out["effective_lr/fraction_below_threshold"] = tf.math.divide_no_nan(p["rate_below"], touched)
+        out["effective_lr/min"] = p["rate_min"]
+        out["effective_lr/mean"] = tf.math.divide_no_nan(p["rate_sum"], touched)
+        out["effective_lr/max"] = p["rate_max"]
+        for name, value in _quantiles(p["rate_counts"], p["rate_min"], p["rate_max"]).items():
+            out[f"effective_lr/{name}"] = value
+    if "momentum_sumsq" in p:
+        out["momentum/l2_norm"] = tf.sqrt(p["momentum_sumsq"])
+        out["momentum/mean_abs"] = p["momentum_sumabs"] / p["momentum_n"]
+    if "cache_sum" in p:
+        out["cache/mean"] = p["cache_sum"] / p["cache_n"]
+        out["cache/max"] = p["cache_max"]
+    if "growth_sum" in p:
+        out["cache/growth_per_step_mean"] = p["growth_sum"] / p["growth_n"]
+    if "change_sumsq" in p:
+        out["update_ratio"] = tf.math.divide_no_nan(tf.sqrt(p["change_sumsq"]), tf.sqrt(p["weight_sumsq"]))
+    if "gradient_sumsq" in p:
+        out["gradient_norm"] = tf.sqrt(p["gradient_sumsq"])
+    return out

@@ -1,0 +1,424 @@
+"""`OptimizerDiagnostics`: the optimizer's inner state in TensorBoard."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import warnings
+
+import keras
+import tensorflow as tf
+
+from keras_optlab.callbacks import _stats
+from keras_optlab.callbacks._readers import reader_for, unwrap
+from keras_optlab.optimizers._validation import check_bool, check_float, check_int
+
+
+class OptimizerDiagnostics(keras.callbacks.Callback):
+    """Logs what the optimizer does inside, per weight, per layer and for the model.
+
+    Every `every_n_steps` optimizer steps it writes, for each trainable variable
+    (tag scope `var/<path>`), each layer (`layer/<path>`) and the whole model
+    (`model`):
+
+    - `effective_lr/<scope>/{min,q05,q25,median,mean,q75,q95,max}`: the effective
+      learning rate (the optimizer's own `effective_learning_rate`), over elements
+      that have been updated; `never_updated` counts the others (cache still at its
+      initial value, e.g. unused embedding rows, whose rate would be lr/eps);
+      `fraction_below_threshold`: the share of rates below `threshold_ratio` times
+      the learning rate (how Adagrad's steps die out). Quantiles are read off a
+      log-spaced histogram and are exact to within 6% (see `_stats`).
+    - `momentum/<scope>/{l2_norm,mean_abs}` where the rule keeps momentum.
+    - `cache/<scope>/{mean,max,growth_per_step_mean}` where it keeps a cache of
+      squared gradients; growth is the change per step since the previous log.
+    - `update_ratio/<scope>`: ||w_after - w_before|| / ||w_before|| over the step
+      before the log (weights snapshot just before it). With
+      `steps_per_execution=k` a callback sees only every k-th step, so the ratio
+      spans the last k steps, and the gradient norm is not logged.
+    - `gradient_norm/<scope>`: the norm of the gradient the rule used in that
+      step (after clipping and loss-scale removal), recovered exactly from the
+      change of the state where the rule allows it.
+    - `nonfinite/var/<path>`: NaN or inf elements in the weights and the state;
+      they are also reported in a warning with the variable and the step, and
+      stop training when `stop_on_nonfinite=True`.
+
+    Every `histogram_every_n_steps` steps, histograms: `effective_lr_log10/var/<path>`,
+    `momentum/var/<path>/values`, `cache/var/<path>/growth_per_step`. `traces`
+    names single weights, `[("dense/kernel", (0, 3)), ...]`, whose effective
+    learning rate, momentum, cache and value are logged as `trace/<path>[i,j]/...`.
+
+    It writes to `log_dir/run_name` ("optimizer"), beside the "train" and
+    "validation" runs of Keras' `TensorBoard` callback on the same `log_dir`. The
+    writer, an "Optimizer" custom-scalars dashboard and the optimizer's config
+    (HParams plugin) are written at the first log, so a run that logs nothing
+    leaves no event file. An unwritable `log_dir` fails at the start of training;
+    a write that fails later warns once and training goes on without diagnostics.
+    The statistics of a log step are computed in one compiled graph call.
+
+    Reads the six keras_optlab optimizers and Keras' SGD (momentum, Nesterov),
+    Adagrad, RMSprop and Adam, also inside a `LossScaleOptimizer`; for any other
+    it says at the start what it cannot read and logs the rest. TensorFlow
+    backend only; under a distribution strategy it logs once, and of several
+    workers only the chief writes.
+    """
+
+    def __init__(
+        self,
+        log_dir,
+        every_n_steps: int = 50,
+        histogram_every_n_steps: int | None = 500,
+        run_name: str = "optimizer",
+        threshold_ratio: float = 0.01,
+        traces=(),
+        per_variable: bool = True,
+        stop_on_nonfinite: bool = False,
+    ):
+        super().__init__()
+        if not isinstance(log_dir, (str, os.PathLike)):
+            raise TypeError(f"`log_dir` must be a path. Received: log_dir={log_dir!r}")
+        if not isinstance(run_name, str) or not run_name:
+            raise ValueError(f"`run_name` must be a non-empty string. Received: run_name={run_name!r}")
+        self.log_dir = os.fspath(log_dir)
+        self.every_n_steps = check_int("every_n_steps", every_n_steps, 1)
+        self.histogram_every_n_steps = check_int(
+            "histogram_every_n_steps", histogram_every_n_steps, 1, allow_none=True
+        )
+        self.run_name = run_name
+        self.threshold_ratio = check_float("threshold_ratio", threshold_ratio, "(0, inf)")
+        self.traces = _check_traces(traces)
+        self.per_variable = check_bool("per_variable", per_variable)
+        self.stop_on_nonfinite = check_bool("stop_on_nonfinite", stop_on_nonfinite)
+        self._writer = None
+        self._failed = False
+        self._executions = 0
+        self._stats_fn = self._snapshot_fn = self._step = None
+
+    @property
+    def run_dir(self) -> str:
+        return os.path.join(self.log_dir, self.run_name)
+
+    # ----------------------------------------------------------- Keras hooks
+    def on_train_begin(self, logs=None):
+        if keras.backend.backend() != "tensorflow":
+            raise RuntimeError(
+                "OptimizerDiagnostics needs the TensorFlow backend (it writes with tf.summary); "
+                f"KERAS_BACKEND is {keras.backend.backend()!r}."
+            )
+        _check_writable(self.log_dir)
+        self._reader = reader_for(self.model.optimizer)
+        if self._reader.note:
+            warnings.warn(self._reader.note, stacklevel=2)
+        self._active = _is_chief(self.model.distribute_strategy) and not self._failed
+        self._variables = list(self.model.trainable_variables)
+        self._trace_points = _resolve_traces(self.traces, self._variables)
+        spe = int(getattr(self.model, "steps_per_execution", 1) or 1)
+        self._one_step_window = spe == 1
+        self._every = max(1, self.every_n_steps // spe)
+        self._histogram_every = (
+            None if self.histogram_every_n_steps is None else max(1, self.histogram_every_n_steps // spe)
+        )
+        self._before = None
+        self._previous = None  # (step, caches) at the previous log
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._active and (self._executions + 1) % self._every == 0:
+            if self._snapshot_fn is None:
+                self._snapshot_fn = tf.function(self._snapshot)
+            self._before = self._snapshot_fn()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._executions += 1
+        if not self._active or self._executions % self._every != 0:
+            return
+        try:
+            self._log()
+        except Exception as error:  # a diagnostic must never end a training run
+            self._give_up(f"{type(error).__name__}: {error}")
+        self._before = None
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    # --------------------------------------------------------------- logging
+    def _log(self):
+        optimizer = self._reader.optimizer
+        step = int(optimizer.iterations.numpy())
+        with_histograms = self._histogram_every is not None and self._executions % self._histogram_every == 0
+        first = self._writer is None
+        if first:
+            os.makedirs(self.run_dir, exist_ok=True)
+            existing = set(self._event_files())
+            self._writer = tf.summary.create_file_writer(self.run_dir)
+            self._writer.flush()
+            self._event_file = next(iter(set(self._event_files()) - existing), None)
+            self._written = 0
+        if self._step is None:  # a variable, so that the compiled call reads the step
+            self._step = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self._step.assign(step)
+        with self._writer.as_default(step=self._step):
+            if first:
+                self._write_layout_and_hparams()
+            previous_step, previous_caches = self._previous or (step, self._no_caches())
+            caches, nonfinite = self._stats_fn_compiled()(
+                self._before,
+                previous_caches,
+                tf.constant(self._previous is not None),
+                tf.constant(float(max(step - previous_step, 1))),
+                tf.constant(with_histograms),
+            )
+        self._previous = (step, caches)
+        self._writer.flush()
+        self._check_written()
+        self._report_nonfinite(step, nonfinite.numpy())
+
+    def _stats_fn_compiled(self):
+        if self._stats_fn is None:
+            self._stats_fn = tf.function(self._stats)
+        return self._stats_fn
+
+    def _snapshot(self):
+        """The weights (and the slots a gradient is read from) just before a log step."""
+        reader, out = self._reader, []
+        for variable in self._variables:
+            entry = {"weight": tf.identity(variable.value)}
+            if reader.twin is not None and self._one_step_window:
+                entry.update({k: tf.identity(v.value) for k, v in reader.state(variable).items()})
+            out.append(entry)
+        return out
+
+    def _no_caches(self):
+        """Stand-ins for the caches of a previous log, before the first log."""
+        has_cache = self._reader.cache_slot is not None
+        return [tf.zeros(v.shape if has_cache else ()) for v in self._variables]
+
+    def _stats(self, before, previous_caches, has_previous, steps_since, with_histograms):
+        """Writes every statistic of one log step. All arguments are tensors, so that
+        it is traced once; `has_previous` and `with_histograms` gate their writes."""
+        reader, twin = self._reader, self._reader.twin
+        optimizer = reader.optimizer
+        lr = tf.cast(optimizer.learning_rate, tf.float32)
+        parts, caches, nonfinite, layers = [], [], [], {}
+        for i, variable in enumerate(self._variables):
+            path = variable.path
+            state = {name: tf.convert_to_tensor(value) for name, value in reader.state(variable).items()}
+            weight = tf.convert_to_tensor(variable)
+            rate = never = momentum = cache = growth = change = gradient_squared = None
+            if twin is not None:
+                rate = twin.rate_from_state(state, optimizer.learning_rate, optimizer.iterations, variable)
+                never = twin.initial_mask_from_state(state, variable)
+                momentum = state.get(reader.momentum_slot)
+                cache = state.get(reader.cache_slot)
+            if cache is not None:
+                growth = (tf.cast(cache, tf.float32) - previous_caches[i]) / steps_since
+            change = weight - before[i]["weight"]
+            if twin is not None and self._one_step_window:
+                gradient_squared = reader.gradient_squared(
+                    before[i], state, tf.cast(change, rate.dtype), tf.cast(lr, rate.dtype)
+                )
+            p = _stats.part(rate, never, momentum, cache, growth, weight, change, gradient_squared,
+                            self.threshold_ratio * lr)  # fmt: skip
+            parts.append(p)
+            layers.setdefault(path.rpartition("/")[0] or path, []).append(p)
+            caches.append(tf.cast(cache, tf.float32) if cache is not None else tf.zeros(()))
+            nonfinite.append(
+                tf.add_n(
+                    [tf.reduce_sum(tf.cast(~tf.math.is_finite(tf.cast(x, tf.float32)), tf.int64))
+                     for x in [weight, *state.values()]]
+                )
+            )  # fmt: skip
+            if self.per_variable:
+                _write(_stats.summarise([p]), f"var/{path}", has_previous)
+                tf.summary.scalar(f"nonfinite/var/{path}", nonfinite[-1])
+            with tf.summary.record_if(with_histograms):
+                if rate is not None:
+                    log10 = tf.math.log(tf.maximum(tf.cast(rate, tf.float32), 1e-30)) / tf.math.log(10.0)
+                    tf.summary.histogram(f"effective_lr_log10/var/{path}", tf.boolean_mask(log10, ~never))
+                if momentum is not None:
+                    tf.summary.histogram(f"momentum/var/{path}/values", momentum)
+            with tf.summary.record_if(tf.logical_and(with_histograms, has_previous)):
+                if growth is not None:
+                    tf.summary.histogram(f"cache/var/{path}/growth_per_step", growth)
+            for name, index in self._trace_points.get(path, []):
+                values = {"weight": weight, "effective_lr": rate, "momentum": momentum, "cache": cache}
+                for key, value in values.items():
+                    if value is not None:
+                        tf.summary.scalar(f"trace/{name}/{key}", value[index])
+        for layer, layer_parts in layers.items():
+            _write(_stats.summarise(layer_parts), f"layer/{layer}", has_previous)
+        _write(_stats.summarise(parts), "model", has_previous)
+        return caches if self._reader.cache_slot else None, tf.stack(nonfinite)
+
+    def _write_layout_and_hparams(self):
+        from tensorboard.plugins.hparams import api as hparams
+
+        layers = sorted({v.path.rpartition("/")[0] or v.path for v in self._variables})
+        tf.summary.experimental.write_raw_pb(_layout(layers).SerializeToString(), step=0)
+        optimizer = self.model.optimizer
+        config = {"optimizer": type(unwrap(optimizer)).__name__}
+        for key, value in unwrap(optimizer).get_config().items():
+            if isinstance(value, (bool, int, float, str)) and key != "name":
+                config[key] = value
+            elif isinstance(value, dict):  # a schedule: its class name
+                config[key] = str(value.get("class_name", value))
+        hparams.hparams(config, trial_id=self.run_name)
+
+    def _event_files(self):
+        return glob.glob(os.path.join(self.run_dir, "events.out.tfevents.*"))
+
+    def _check_written(self):
+        """TensorBoard's writer drops writes to a vanished directory silently: look."""
+        path = self._event_file
+        size = os.path.getsize(path) if path and os.path.exists(path) else 0
+        if size <= self._written:
+            raise OSError(f"no event data reached {self.run_dir}")
+        self._written = size
+
+    def _give_up(self, reason):
+        self._failed = True
+        self._active = False
+        if self._writer is not None:
+            with contextlib.suppress(Exception):  # the writer may be broken already
+                self._writer.close()
+            self._writer = None
+        warnings.warn(
+            f"OptimizerDiagnostics stopped writing to {self.run_dir} ({reason}); training goes on without "
+            "optimizer diagnostics.",
+            stacklevel=3,
+        )
+
+    def _report_nonfinite(self, step, counts):
+        bad = [(v.path, int(n)) for v, n in zip(self._variables, counts, strict=True) if n]
+        if not bad:
+            return
+        where = ", ".join(f"{path} ({n} elements)" for path, n in bad)
+        action = (
+            "stopping training (stop_on_nonfinite=True)" if self.stop_on_nonfinite else "training goes on"
+        )
+        warnings.warn(
+            f"Non-finite values in the weights or optimizer state at step {step}: {where}; {action}.",
+            stacklevel=3,
+        )
+        if self.stop_on_nonfinite:
+            self.model.stop_training = True
+
+
+def _write(summary, scope, has_previous):
+    """Writes `summary` (from `_stats.summarise`) under `scope`: the rates' distribution
+    once some element has a rate, the cache's growth once there was a previous log."""
+    touched = summary.pop(_stats.TOUCHED, None)
+    for key, value in summary.items():
+        group, _, rest = key.partition("/")
+        tag = f"{group}/{scope}/{rest}" if rest else f"{group}/{scope}"
+        condition = True
+        if group == "effective_lr" and rest in _stats.DISTRIBUTION:
+            condition = touched > 0
+        elif key == "cache/growth_per_step_mean":
+            condition = has_previous
+        with tf.summary.record_if(condition):
+            tf.summary.scalar(tag, value)
+
+
+def _layout(layers):
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    from tensorboard.plugins.custom_scalar import summary as custom_scalar
+
+    def margin(title, fmt):
+        series = [
+            layout_pb2.MarginChartContent.Series(
+                value=fmt(layer, "median"), lower=fmt(layer, "q05"), upper=fmt(layer, "q95")
+            )
+            for layer in layers
+        ]
+        return layout_pb2.Chart(title=title, margin=layout_pb2.MarginChartContent(series=series))
+
+    def lines(title, *regexes):
+        return layout_pb2.Chart(title=title, multiline=layout_pb2.MultilineChartContent(tag=list(regexes)))
+
+    def rate(layer, q):
+        return f"effective_lr/layer/{layer}/{q}"
+
+    layout = layout_pb2.Layout(
+        category=[
+            layout_pb2.Category(
+                title="Optimizer",
+                chart=[
+                    margin("Median effective learning rate per layer (band: 5% to 95%)", rate),
+                    lines("Update-to-weight ratio ||dw|| / ||w||", r"update_ratio/(layer/.*|model)"),
+                    lines("Gradient norm", r"gradient_norm/(layer/.*|model)"),
+                    lines("Momentum L2 norm", r"momentum/(layer/.*|model)/l2_norm"),
+                    lines("Cache mean", r"cache/(layer/.*|model)/mean"),
+                    lines("Cache growth per step", r"cache/(layer/.*|model)/growth_per_step_mean"),
+                    lines("Share of rates below threshold",
+                          r"effective_lr/(layer/.*|model)/fraction_below_threshold"),
+                    lines("Elements never updated", r"effective_lr/(layer/.*|model)/never_updated"),
+                ],
+            )
+        ]
+    )  # fmt: skip
+    return custom_scalar.pb(layout)
+
+
+def _check_traces(traces):
+    out = []
+    for item in traces:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):
+            raise ValueError(
+                "`traces` must be a list of (variable path, index) pairs, e.g. "
+                f'[("dense/kernel", (0, 3))]. Received: traces={traces!r}'
+            )
+        path, index = item
+        index = (index,) if isinstance(index, int) else tuple(index)
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in index):
+            raise ValueError(f"`traces` indices must be ints. Received: traces={traces!r}")
+        out.append((path, index))
+    return out
+
+
+def _resolve_traces(traces, variables):
+    """{variable path: [(tag name, index)]}; a path may be a suffix of the variable's path."""
+    points = {}
+    for path, index in traces:
+        matches = [v for v in variables if v.path == path or v.path.endswith("/" + path)]
+        if len(matches) != 1:
+            raise ValueError(
+                f"`traces` names {path!r}, which matches {len(matches)} trainable variables; "
+                f"choose one of {[v.path for v in variables]}."
+            )
+        variable = matches[0]
+        if len(index) != len(variable.shape) or any(
+            not 0 <= i < n for i, n in zip(index, variable.shape, strict=True)
+        ):
+            raise ValueError(
+                f"`traces` index {index} is out of range for {variable.path} "
+                f"of shape {tuple(variable.shape)}."
+            )
+        name = f"{variable.path}[{','.join(map(str, index))}]"
+        points.setdefault(variable.path, []).append((name, index))
+    return points
+
+
+def _check_writable(log_dir):
+    """Fails before training when `log_dir` can never be written; creates nothing."""
+    probe = os.path.abspath(log_dir)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ValueError(
+            f"`log_dir` cannot be written: {probe} is a file, not a directory. Received: log_dir={log_dir!r}"
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"`log_dir` cannot be written: no write permission on {probe}. Received: log_dir={log_dir!r}"
+        )
+
+
+def _is_chief(strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    if not task_type or task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and resolver.task_id == 0 and not has_chief
