@@ -38,9 +38,10 @@ def part(
 
     `rate`: effective learning rate per element; `never_updated`: bool mask of
     elements whose cache is still initial (kept out of the rate's distribution);
-    `cache_growth`: cache change per step since the previous log; `weight_change`:
-    the weights' change over the step before the log; `gradient_squared`: g^2 of
-    that step; `threshold`: rates below it count as "below threshold".
+    `cache_growth`: cache change per step since the previous log; `weight`: the
+    weights before the step before the log, `weight_change`: their change over
+    that step; `gradient_squared`: g^2 of that step; `threshold`: rates below it
+    count as "below threshold".
     """
     p = {"n": _f32(tf.size(weight)), "weight_sumsq": tf.reduce_sum(tf.square(_f32(weight)))}
     if rate is not None:

@@ -40,8 +40,8 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
       step (after clipping and loss-scale removal), recovered exactly from the
       change of the state where the rule allows it.
     - `nonfinite/var/<path>`: NaN or inf elements in the weights and the state;
-      they are also reported in a warning with the variable and the step, and
-      stop training when `stop_on_nonfinite=True`.
+      they are also reported in a warning with the variable and the step (once
+      per variable and `fit`), and stop training when `stop_on_nonfinite=True`.
 
     Every `histogram_every_n_steps` steps, histograms: `effective_lr_log10/var/<path>`,
     `momentum/var/<path>/values`, `cache/var/<path>/growth_per_step`. `traces`
@@ -120,16 +120,18 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         )
         self._before = None
         self._previous = None  # (step, caches) at the previous log
+        self._reported = set()  # variables already reported for non-finite values
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self._active and (self._executions + 1) % self._every == 0:
+        # Keras builds the optimizer in its first step: a log due before it is skipped.
+        if self._active and (self._executions + 1) % self._every == 0 and self._reader.optimizer.built:
             if self._snapshot_fn is None:
                 self._snapshot_fn = tf.function(self._snapshot)
             self._before = self._snapshot_fn()
 
     def on_train_batch_end(self, batch, logs=None):
         self._executions += 1
-        if not self._active or self._executions % self._every != 0:
+        if not self._active or self._before is None:
             return
         try:
             self._log()
@@ -218,8 +220,8 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
                 gradient_squared = reader.gradient_squared(
                     before[i], state, tf.cast(change, rate.dtype), tf.cast(lr, rate.dtype)
                 )
-            p = _stats.part(rate, never, momentum, cache, growth, weight, change, gradient_squared,
-                            self.threshold_ratio * lr)  # fmt: skip
+            p = _stats.part(rate, never, momentum, cache, growth, before[i]["weight"], change,
+                            gradient_squared, self.threshold_ratio * lr)  # fmt: skip
             parts.append(p)
             layers.setdefault(path.rpartition("/")[0] or path, []).append(p)
             caches.append(tf.cast(cache, tf.float32) if cache is not None else tf.zeros(()))
@@ -291,8 +293,10 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
 
     def _report_nonfinite(self, step, counts):
         bad = [(v.path, int(n)) for v, n in zip(self._variables, counts, strict=True) if n]
+        bad = [(path, n) for path, n in bad if path not in self._reported]
         if not bad:
             return
+        self._reported.update(path for path, _ in bad)
         where = ", ".join(f"{path} ({n} elements)" for path, n in bad)
         action = (
             "stopping training (stop_on_nonfinite=True)" if self.stop_on_nonfinite else "training goes on"

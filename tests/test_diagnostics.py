@@ -1,0 +1,347 @@
+"""OptimizerDiagnostics: what it writes, read back from the event files."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_optlab as ko
+from keras_optlab.callbacks import OptimizerDiagnostics
+from tests.tb import last, read_run
+
+VARIABLES = ["net/hidden/kernel", "net/hidden/bias", "net/out/kernel", "net/out/bias"]
+LAYERS = ["net/hidden", "net/out"]
+RATE = [
+    "min",
+    "q05",
+    "q25",
+    "median",
+    "mean",
+    "q75",
+    "q95",
+    "max",
+    "fraction_below_threshold",
+    "never_updated",
+]
+BATCH, STEPS_PER_EPOCH = 16, 4
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(BATCH * STEPS_PER_EPOCH, 5)).astype("float32")
+    return x, (x @ rng.normal(size=(5, 2))).astype("float32")
+
+
+def _model(optimizer, **compile_kwargs):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(4, activation="tanh", name="hidden"),
+            keras.layers.Dense(2, name="out"),
+        ],
+        name="net",
+    )
+    model.compile(optimizer=optimizer, loss="mse", **compile_kwargs)
+    return model
+
+
+def _fit(model, callbacks, epochs=2):
+    x, y = _data()
+    return model.fit(x, y, batch_size=BATCH, epochs=epochs, shuffle=False, verbose=0, callbacks=callbacks)
+
+
+def _expected_tags(momentum, cache, gradient=True, histograms=True, traces=()):
+    """The documented tag scheme, written out independently of the callback."""
+    scopes = [f"var/{v}" for v in VARIABLES] + [f"layer/{layer}" for layer in LAYERS] + ["model"]
+    tags = set()
+    for scope in scopes:
+        tags |= {f"effective_lr/{scope}/{stat}" for stat in RATE}
+        tags.add(f"update_ratio/{scope}")
+        if gradient:
+            tags.add(f"gradient_norm/{scope}")
+        if momentum:
+            tags |= {f"momentum/{scope}/l2_norm", f"momentum/{scope}/mean_abs"}
+        if cache:
+            tags |= {f"cache/{scope}/{stat}" for stat in ("mean", "max", "growth_per_step_mean")}
+    for v in VARIABLES:
+        tags.add(f"nonfinite/var/{v}")
+        if histograms:
+            tags.add(f"effective_lr_log10/var/{v}")
+            if momentum:
+                tags.add(f"momentum/var/{v}/values")
+            if cache:
+                tags.add(f"cache/var/{v}/growth_per_step")
+    for name in traces:
+        tags |= {f"trace/{name}/weight", f"trace/{name}/effective_lr"}
+        tags |= {f"trace/{name}/momentum"} if momentum else set()
+        tags |= {f"trace/{name}/cache"} if cache else set()
+    return tags | {"custom_scalars__config__", "_hparams_/session_start_info"}
+
+
+class _Recorder(keras.callbacks.Callback):
+    """Keeps the weights before and after every step (placed before the diagnostics)."""
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.before = [v.numpy().copy() for v in self.model.trainable_variables]
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.after = [v.numpy().copy() for v in self.model.trainable_variables]
+
+
+def test_adagrad_tags_and_values_match_the_state(tmp_path):
+    lr, eps = 0.1, 1e-3
+    model = _model(ko.Adagrad(learning_rate=lr, epsilon=eps))
+    recorder = _Recorder()
+    diagnostics = OptimizerDiagnostics(
+        tmp_path, every_n_steps=2, histogram_every_n_steps=4, traces=[("hidden/kernel", (1, 2))]
+    )
+    _fit(model, [recorder, diagnostics])
+    events = read_run(tmp_path / "optimizer")
+    assert set(events) == _expected_tags(momentum=False, cache=True, traces=["net/hidden/kernel[1,2]"])
+    assert [step for step, _ in events["update_ratio/model"]] == [2, 4, 6, 8]
+    assert [step for step, _ in events["effective_lr_log10/var/net/hidden/kernel"]] == [4, 8]
+
+    # Independently: Adagrad's rate is lr / (sqrt(cache) + eps), element by element.
+    caches = [model.optimizer.state(v)["cache"].numpy() for v in model.trainable_variables]
+    rates = np.concatenate([(lr / (np.sqrt(c) + eps)).ravel() for c in caches])
+    touched = np.concatenate([(c != 0).ravel() for c in caches])
+    assert last(events, "trace/net/hidden/kernel[1,2]/effective_lr") == pytest.approx(
+        lr / (np.sqrt(caches[0][1, 2]) + eps), rel=1e-6
+    )
+    assert last(events, "effective_lr/model/never_updated") == (~touched).sum()
+    assert last(events, "effective_lr/model/min") == pytest.approx(rates[touched].min(), rel=1e-6)
+    assert last(events, "effective_lr/model/max") == pytest.approx(rates[touched].max(), rel=1e-6)
+    assert last(events, "effective_lr/model/mean") == pytest.approx(rates[touched].mean(), rel=1e-5)
+    for name, q in [("q05", 5), ("median", 50), ("q95", 95)]:  # read off a histogram: one bin, 6%
+        want = np.percentile(rates[touched], q, method="inverted_cdf")
+        assert last(events, f"effective_lr/model/{name}") == pytest.approx(want, rel=0.06)
+    assert last(events, "cache/model/mean") == pytest.approx(
+        np.concatenate([c.ravel() for c in caches]).mean()
+    )
+
+    # The step before the last log: update ratio from the recorded weights, and the
+    # gradient from the batch itself.
+    dw = np.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(recorder.after, recorder.before, strict=True)))
+    w = np.sqrt(sum((b**2).sum() for b in recorder.before))
+    assert last(events, "update_ratio/model") == pytest.approx(dw / w, rel=1e-4)
+    for variable, value in zip(model.trainable_variables, recorder.before, strict=True):
+        variable.assign(value)
+    x, y = _data()
+    with tf.GradientTape() as tape:
+        loss = keras.losses.mean_squared_error(y[-BATCH:], model(x[-BATCH:]))
+        loss = tf.reduce_mean(loss)
+    grads = tape.gradient(loss, model.trainable_variables)
+    norm = np.sqrt(sum(float(tf.reduce_sum(g**2)) for g in grads))
+    assert last(events, "gradient_norm/model") == pytest.approx(norm, rel=1e-3)
+
+
+BUILTINS = [
+    ("sgd-momentum", lambda: keras.optimizers.SGD(0.05, momentum=0.9), True, False),
+    ("sgd-nesterov", lambda: keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True), True, False),
+    ("adagrad", lambda: keras.optimizers.Adagrad(0.1), False, True),
+    ("rmsprop", lambda: keras.optimizers.RMSprop(0.01, momentum=0.5, centered=True), True, True),
+    ("adam", lambda: keras.optimizers.Adam(0.01), True, True),
+]
+
+
+def _keras_rate(opt, variable):
+    """Keras' own rules, written from keras/src/optimizers: the rate of the last step."""
+    lr, t = float(opt.learning_rate), int(opt.iterations)
+    i = opt._get_variable_index(variable)
+    if isinstance(opt, keras.optimizers.SGD):
+        return np.full(variable.shape, lr)
+    if isinstance(opt, keras.optimizers.Adagrad):
+        return lr / np.sqrt(opt._accumulators[i].numpy() + opt.epsilon)
+    if isinstance(opt, keras.optimizers.RMSprop):
+        c, a = opt._velocities[i].numpy(), opt._average_gradients[i].numpy()
+        return lr / np.sqrt(c - a**2 + opt.epsilon)
+    v = opt._velocities[i].numpy()
+    return (
+        lr
+        * np.sqrt(1 - opt.beta_2**t)
+        / (1 - opt.beta_1**t)
+        / (np.sqrt(v) + opt.epsilon)
+        * (1 - opt.beta_1**t)
+    )
+
+
+@pytest.mark.parametrize("name, make, momentum, cache", BUILTINS, ids=[b[0] for b in BUILTINS])
+def test_keras_builtin_optimizers(name, make, momentum, cache, tmp_path):
+    model = _model(make())
+    _fit(model, [OptimizerDiagnostics(tmp_path, every_n_steps=2, traces=[("out/kernel", (3, 1))])])
+    events = read_run(tmp_path / "optimizer")
+    assert set(events) == _expected_tags(momentum, cache, histograms=False, traces=["net/out/kernel[3,1]"])
+    kernel = model.trainable_variables[2]
+    want = _keras_rate(model.optimizer, kernel)[3, 1]
+    assert last(events, "trace/net/out/kernel[3,1]/effective_lr") == pytest.approx(want, rel=1e-5)
+
+
+def test_under_a_loss_scale_optimizer_in_mixed_precision(tmp_path):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = _model(keras.optimizers.LossScaleOptimizer(ko.Adam(0.01)))
+        _fit(model, [OptimizerDiagnostics(tmp_path, every_n_steps=2, histogram_every_n_steps=None)])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    events = read_run(tmp_path / "optimizer")
+    assert set(events) == _expected_tags(momentum=True, cache=True, histograms=False)
+    assert np.isfinite(last(events, "effective_lr/model/median"))
+
+
+def test_an_optimizer_it_cannot_read_is_named_and_the_rest_logged(tmp_path):
+    model = _model(keras.optimizers.Nadam())
+    with pytest.warns(UserWarning, match=r"cannot read the state of keras\.src\.optimizers\.nadam\.Nadam"):
+        _fit(model, [OptimizerDiagnostics(tmp_path, every_n_steps=2)])
+    events = read_run(tmp_path / "optimizer")
+    assert {"update_ratio/model", "nonfinite/var/net/out/bias"} <= set(events)
+    assert not any(tag.startswith(("effective_lr", "momentum", "cache", "gradient_norm")) for tag in events)
+
+
+def test_a_run_that_logs_nothing_leaves_no_event_file(tmp_path):
+    _fit(_model(ko.SGD()), [OptimizerDiagnostics(tmp_path / "logs", every_n_steps=1000)])
+    assert not (tmp_path / "logs").exists()
+
+
+def test_unwritable_log_dir_fails_before_any_step(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    model = _model(ko.Adam())
+    with pytest.raises(ValueError, match=r"`log_dir` cannot be written: .*file is a file"):
+        _fit(model, [OptimizerDiagnostics(blocker / "logs")])
+    assert int(model.optimizer.iterations) == 0
+
+
+class _RemoveLogDir(keras.callbacks.Callback):
+    def __init__(self, path, at_step):
+        super().__init__()
+        self.path, self.at_step, self.steps = path, at_step, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        if self.steps == self.at_step:
+            shutil.rmtree(self.path)
+
+
+def test_log_dir_vanishing_mid_run_warns_once_and_training_goes_on(tmp_path):
+    model = _model(ko.Adam())
+    diagnostics = OptimizerDiagnostics(tmp_path / "logs", every_n_steps=1)
+    with pytest.warns(UserWarning, match="stopped writing to") as record:
+        history = _fit(model, [diagnostics, _RemoveLogDir(tmp_path / "logs", 3)], epochs=3)
+    assert len([w for w in record if "stopped writing" in str(w.message)]) == 1
+    assert len(history.history["loss"]) == 3 and int(model.optimizer.iterations) == 3 * STEPS_PER_EPOCH
+
+
+class _Poison(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 1:
+            cache = self.model.optimizer.state(self.model.trainable_variables[0])["cache"]
+            cache.assign(tf.fill(cache.shape, float("nan")))
+
+
+@pytest.mark.parametrize("stop", [False, True])
+def test_nonfinite_state_is_reported_and_can_stop_training(tmp_path, stop):
+    model = _model(ko.Adagrad())
+    diagnostics = OptimizerDiagnostics(tmp_path, every_n_steps=2, stop_on_nonfinite=stop)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        history = _fit(model, [_Poison(), diagnostics], epochs=3)
+    messages = [str(w.message) for w in record if "Non-finite" in str(w.message)]
+    assert re.match(r"Non-finite values .* at step 2: net/hidden/kernel \(20 elements\);", messages[0])
+    assert len(history.history["loss"]) == (1 if stop else 3)
+    if stop:
+        assert len(messages) == 1 and "stopping training" in messages[0]
+    else:  # the NaN spreads to the other variables: each is reported once, when it first shows
+        assert len(messages) == 2 and all("net/hidden/kernel" not in m for m in messages[1:])
+
+
+def test_beside_keras_tensorboard_on_one_log_dir(tmp_path):
+    model = _model(ko.RMSProp())
+    x, y = _data()
+    model.fit(
+        x,
+        y,
+        validation_data=(x, y),
+        batch_size=BATCH,
+        epochs=2,
+        verbose=0,
+        callbacks=[keras.callbacks.TensorBoard(tmp_path), OptimizerDiagnostics(tmp_path, every_n_steps=2)],
+    )
+    assert {"train", "validation", "optimizer"} <= set(os.listdir(tmp_path))
+    assert "epoch_loss" in read_run(tmp_path / "train")
+    assert "effective_lr/model/median" in read_run(tmp_path / "optimizer")
+
+
+def test_steps_per_execution_spans_the_window_and_drops_the_gradient(tmp_path):
+    model = _model(ko.Momentum(), steps_per_execution=2)
+    _fit(model, [OptimizerDiagnostics(tmp_path, every_n_steps=2, histogram_every_n_steps=None)])
+    events = read_run(tmp_path / "optimizer")
+    assert set(events) == _expected_tags(momentum=True, cache=False, gradient=False, histograms=False)
+    # The optimizer is built in the first step, so the log due at step 2 (the first
+    # execution) is skipped.
+    assert [step for step, _ in events["update_ratio/model"]] == [4, 6, 8]
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"every_n_steps": 0}, ValueError, "`every_n_steps` must be an int >= 1. Received: every_n_steps=0"),
+        ({"every_n_steps": 2.5}, TypeError, "Received: every_n_steps=2.5"),
+        ({"threshold_ratio": -1.0}, ValueError, "Received: threshold_ratio=-1.0"),
+        ({"traces": ["dense/kernel"]}, ValueError, "`traces` must be a list of (variable path, index) pairs"),
+        ({"run_name": ""}, ValueError, "`run_name` must be a non-empty string"),
+        ({"stop_on_nonfinite": "yes"}, TypeError, "`stop_on_nonfinite` must be a bool"),
+    ],
+)
+def test_bad_arguments(tmp_path, kwargs, error, message):
+    with pytest.raises(error) as info:
+        OptimizerDiagnostics(tmp_path, **kwargs)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "trace, message",
+    [(("nope/kernel", (0, 0)), "matches 0 trainable variables"), (("out/kernel", (9, 0)), "out of range")],
+)
+def test_bad_traces_fail_before_training(tmp_path, trace, message):
+    model = _model(ko.SGD())
+    with pytest.raises(ValueError, match=message):
+        _fit(model, [OptimizerDiagnostics(tmp_path, traces=[trace])])
+    assert int(model.optimizer.iterations) == 0
+
+
+MIRRORED = """
+import os, sys
+import tensorflow as tf
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, numpy as np
+import keras_optlab as ko
+from keras_optlab.callbacks import OptimizerDiagnostics
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+assert strategy.num_replicas_in_sync == 2
+with strategy.scope():
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(2)])
+    model.compile(optimizer=ko.Adagrad(0.1), loss="mse")
+x = np.random.default_rng(0).normal(size=(64, 5)).astype("float32")
+model.fit(x, x[:, :2], batch_size=16, epochs=2, verbose=0,
+          callbacks=[OptimizerDiagnostics(sys.argv[1], every_n_steps=2, histogram_every_n_steps=None)])
+"""
+
+
+def test_under_mirrored_strategy_it_logs_once(tmp_path):
+    script = tmp_path / "mirrored.py"
+    script.write_text(textwrap.dedent(MIRRORED))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+    subprocess.run([sys.executable, str(script), str(tmp_path / "logs")], check=True, env=env, timeout=300)
+    events = read_run(tmp_path / "logs" / "optimizer")
+    assert [step for step, _ in events["effective_lr/model/median"]] == [2, 4, 6, 8]
+    assert len(os.listdir(tmp_path / "logs" / "optimizer")) == 1
