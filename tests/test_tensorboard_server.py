@@ -42,12 +42,23 @@ def logged_run(tmp_path):
 def test_tensorboard_serves_the_tags_and_a_series(logged_run):
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(logged_run), "--port", str(port),
-         "--host", "127.0.0.1", "--load_fast", "false"],
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(logged_run),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--load_fast",
+            "false",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-    )  # fmt: skip
+    )
     try:
         deadline, tags = time.monotonic() + 90, {}
         while time.monotonic() < deadline:  # bounded: the server loads the run in the background

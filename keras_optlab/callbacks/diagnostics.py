@@ -10,6 +10,7 @@ import warnings
 import keras
 import tensorflow as tf
 
+from keras_optlab._paths import why_unwritable
 from keras_optlab.callbacks import _stats
 from keras_optlab.callbacks._readers import reader_for, unwrap
 from keras_optlab.optimizers._validation import check_bool, check_float, check_int
@@ -51,10 +52,11 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
     It writes to `log_dir/run_name` ("optimizer"), beside the "train" and
     "validation" runs of Keras' `TensorBoard` callback on the same `log_dir`. The
     writer, an "Optimizer" custom-scalars dashboard and the optimizer's config
-    (HParams plugin) are written at the first log, so a run that logs nothing
-    leaves no event file. An unwritable `log_dir` fails at the start of training;
-    a write that fails later warns once and training goes on without diagnostics.
-    The statistics of a log step are computed in one compiled graph call.
+    (HParams plugin; `hparams=False` leaves it to you) are written at the first
+    log, so a run that logs nothing leaves no event file. An unwritable `log_dir`
+    fails at the start of training; a write that fails later warns once and
+    training goes on without diagnostics. The statistics of a log step are
+    computed in one compiled graph call.
 
     Reads the six keras_optlab optimizers and Keras' SGD (momentum, Nesterov),
     Adagrad, RMSprop and Adam, also inside a `LossScaleOptimizer`; for any other
@@ -73,6 +75,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         traces=(),
         per_variable: bool = True,
         stop_on_nonfinite: bool = False,
+        hparams: bool = True,
     ):
         super().__init__()
         if not isinstance(log_dir, (str, os.PathLike)):
@@ -89,6 +92,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         self.traces = _check_traces(traces)
         self.per_variable = check_bool("per_variable", per_variable)
         self.stop_on_nonfinite = check_bool("stop_on_nonfinite", stop_on_nonfinite)
+        self.hparams = check_bool("hparams", hparams)
         self._writer = None
         self._failed = False
         self._executions = 0
@@ -105,7 +109,9 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
                 "OptimizerDiagnostics needs the TensorFlow backend (it writes with tf.summary); "
                 f"KERAS_BACKEND is {keras.backend.backend()!r}."
             )
-        _check_writable(self.log_dir)
+        reason = why_unwritable(self.log_dir)
+        if reason:
+            raise ValueError(f"`log_dir` cannot be written: {reason}. Received: log_dir={self.log_dir!r}")
         self._reader = reader_for(self.model.optimizer)
         if self._reader.note:
             warnings.warn(self._reader.note, stacklevel=2)
@@ -220,17 +226,28 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
                 gradient_squared = reader.gradient_squared(
                     before[i], state, tf.cast(change, rate.dtype), tf.cast(lr, rate.dtype)
                 )
-            p = _stats.part(rate, never, momentum, cache, growth, before[i]["weight"], change,
-                            gradient_squared, self.threshold_ratio * lr)  # fmt: skip
+            p = _stats.part(
+                rate,
+                never,
+                momentum,
+                cache,
+                growth,
+                before[i]["weight"],
+                change,
+                gradient_squared,
+                self.threshold_ratio * lr,
+            )
             parts.append(p)
             layers.setdefault(path.rpartition("/")[0] or path, []).append(p)
             caches.append(tf.cast(cache, tf.float32) if cache is not None else tf.zeros(()))
             nonfinite.append(
                 tf.add_n(
-                    [tf.reduce_sum(tf.cast(~tf.math.is_finite(tf.cast(x, tf.float32)), tf.int64))
-                     for x in [weight, *state.values()]]
+                    [
+                        tf.reduce_sum(tf.cast(~tf.math.is_finite(tf.cast(x, tf.float32)), tf.int64))
+                        for x in [weight, *state.values()]
+                    ]
                 )
-            )  # fmt: skip
+            )
             if self.per_variable:
                 _write(_stats.summarise([p]), f"var/{path}", has_previous)
                 tf.summary.scalar(f"nonfinite/var/{path}", nonfinite[-1])
@@ -258,6 +275,8 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
 
         layers = sorted({v.path.rpartition("/")[0] or v.path for v in self._variables})
         tf.summary.experimental.write_raw_pb(_layout(layers).SerializeToString(), step=0)
+        if not self.hparams:
+            return
         optimizer = self.model.optimizer
         config = {"optimizer": type(unwrap(optimizer)).__name__}
         for key, value in unwrap(optimizer).get_config().items():
@@ -355,13 +374,15 @@ def _layout(layers):
                     lines("Momentum L2 norm", r"momentum/(layer/.*|model)/l2_norm"),
                     lines("Cache mean", r"cache/(layer/.*|model)/mean"),
                     lines("Cache growth per step", r"cache/(layer/.*|model)/growth_per_step_mean"),
-                    lines("Share of rates below threshold",
-                          r"effective_lr/(layer/.*|model)/fraction_below_threshold"),
+                    lines(
+                        "Share of rates below threshold",
+                        r"effective_lr/(layer/.*|model)/fraction_below_threshold",
+                    ),
                     lines("Elements never updated", r"effective_lr/(layer/.*|model)/never_updated"),
                 ],
             )
         ]
-    )  # fmt: skip
+    )
     return custom_scalar.pb(layout)
 
 
@@ -402,21 +423,6 @@ def _resolve_traces(traces, variables):
         name = f"{variable.path}[{','.join(map(str, index))}]"
         points.setdefault(variable.path, []).append((name, index))
     return points
-
-
-def _check_writable(log_dir):
-    """Fails before training when `log_dir` can never be written; creates nothing."""
-    probe = os.path.abspath(log_dir)
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise ValueError(
-            f"`log_dir` cannot be written: {probe} is a file, not a directory. Received: log_dir={log_dir!r}"
-        )
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise PermissionError(
-            f"`log_dir` cannot be written: no write permission on {probe}. Received: log_dir={log_dir!r}"
-        )
 
 
 def _is_chief(strategy) -> bool:

@@ -1,0 +1,141 @@
+"""The lab's figures (matplotlib, drawn off-screen)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+#: One colour per optimizer, the same in every figure.
+COLOURS = {
+    "SGD": "tab:gray",
+    "Momentum": "tab:blue",
+    "NAG": "tab:cyan",
+    "Adagrad": "tab:orange",
+    "RMSProp": "tab:green",
+    "Adam": "tab:red",
+}
+
+
+def _colour(name):
+    return COLOURS.get(name, None)
+
+
+def curves(runs, path, title: str, metric: str, metric_label: str) -> None:
+    """Training (solid) and validation (dashed) loss, and `metric`, per epoch."""
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for run in runs:
+        epochs = np.arange(1, len(run.history["loss"]) + 1)
+        label = f"{run.optimizer} (lr={run.learning_rate:g})"
+        c = _colour(run.optimizer)
+        ax_loss.plot(epochs, run.history["loss"], color=c, label=label)
+        ax_loss.plot(epochs, run.history["val_loss"], color=c, linestyle="--")
+        ax_metric.plot(epochs, run.history[metric], color=c, label=label)
+        ax_metric.plot(epochs, run.history[f"val_{metric}"], color=c, linestyle="--")
+    ax_loss.set(
+        xlabel="epoch", ylabel="loss", yscale="log", title="Loss (solid: training, dashed: validation)"
+    )
+    ax_metric.set(
+        xlabel="epoch", ylabel=metric_label, title=f"{metric_label} (solid: training, dashed: validation)"
+    )
+    for ax in (ax_loss, ax_metric):
+        ax.grid(True, alpha=0.3)
+    ax_metric.legend(loc="best", fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _contours(ax, surface):
+    xs = np.linspace(*surface.x_range, 300)
+    ys = np.linspace(*surface.y_range, 300)
+    x, y = np.meshgrid(xs, ys)
+    z = surface.fn(x, y)
+    if surface.log_scale:
+        levels = np.logspace(np.log10(max(z.min(), 1e-3)), np.log10(z.max()), 30)
+        ax.contour(x, y, np.maximum(z, 1e-3), levels=levels, cmap="viridis", linewidths=0.7, norm="log")
+    else:
+        ax.contour(x, y, z, levels=30, cmap="viridis", linewidths=0.7)
+    mx, my = np.array(surface.minima).T
+    ax.plot(
+        mx,
+        my,
+        marker="*",
+        color="gold",
+        markersize=16,
+        markeredgecolor="black",
+        linestyle="none",
+        label="global minimum",
+    )
+    if surface.local_minimum:
+        ax.plot(
+            *surface.local_minimum,
+            marker="*",
+            color="white",
+            markersize=13,
+            markeredgecolor="black",
+            linestyle="none",
+            label="local minimum",
+        )
+    ax.set(xlim=surface.x_range, ylim=surface.y_range, xlabel="x", ylabel="y")
+    ax.set_title(f"{surface.name}: f = {surface.formula}", fontsize=10)
+
+
+def surface(surface, trajectories: dict, path) -> None:
+    """Contours of `surface` with each optimizer's path (dot: start, square: end)."""
+    fig, ax = plt.subplots(figsize=(7.5, 6))
+    _contours(ax, surface)
+    for label, points in trajectories.items():
+        c = _colour(label.split(" ")[0])
+        ax.plot(points[:, 0], points[:, 1], color=c, linewidth=1.4, label=label, alpha=0.9)
+        ax.plot(*points[-1], marker="s", color=c, markeredgecolor="black", markersize=7)
+    ax.plot(*surface.start, marker="o", color="black", markersize=7, label="start")
+    ax.legend(loc="best", fontsize=8, framealpha=0.9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def surface_animation(surface, trajectories: dict, path, frames: int = 60) -> None:
+    """The same paths, drawn step by step, as an animated GIF."""
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    _contours(ax, surface)
+    lines = {
+        label: ax.plot([], [], color=_colour(label.split(" ")[0]), linewidth=1.4, label=label)[0]
+        for label in trajectories
+    }
+    ax.legend(loc="best", fontsize=8)
+    steps = max(len(p) for p in trajectories.values())
+
+    def draw(frame):
+        upto = max(2, int(steps * (frame + 1) / frames))
+        for label, points in trajectories.items():
+            lines[label].set_data(points[:upto, 0], points[:upto, 1])
+        return list(lines.values())
+
+    FuncAnimation(fig, draw, frames=frames, blit=True).save(path, writer=PillowWriter(fps=12))
+    plt.close(fig)
+
+
+def sweep(results: dict, path, title: str) -> None:
+    """Final validation loss against the learning rate: mean over seeds, band: min to max."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, by_lr in results.items():
+        lrs = np.array(sorted(by_lr))
+        losses = [np.array(by_lr[lr], dtype=float) for lr in lrs]
+        mean = np.array([np.mean(v) for v in losses])
+        c = _colour(name)
+        ax.plot(lrs, mean, marker="o", color=c, label=name)
+        ax.fill_between(lrs, [np.min(v) for v in losses], [np.max(v) for v in losses], color=c, alpha=0.15)
+    ax.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="final validation loss", title=title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

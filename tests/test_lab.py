@@ -1,0 +1,217 @@
+"""The lab: each subcommand with tiny settings, bad input, and the claims it shows."""
+
+import csv
+
+import numpy as np
+import pytest
+
+import keras_optlab as ko
+from keras_optlab.callbacks import OptimizerDiagnostics
+from keras_optlab.lab import cli, data, training
+from keras_optlab.lab.surfaces import SURFACES, default_learning_rate, oscillation, trajectory
+from tests.tb import last, read_run
+
+
+def _run(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _parse_table(out, first_column):
+    """The printed table: the header line starting with `first_column`, then rows to a blank line."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(first_column + " "))
+    header = lines[start].split()
+    rows = []
+    for line in lines[start + 1 :]:
+        if not line.strip():
+            break
+        rows.append(dict(zip(header, line.split(), strict=True)))
+    return rows
+
+
+def test_compare_writes_runs_plot_table(tmp_path, capsys):
+    out_dir = tmp_path / "compare"
+    code, out, err = _run(
+        capsys,
+        "compare",
+        "--epochs",
+        "2",
+        "--optimizers",
+        "SGD,Adam",
+        "--logdir",
+        str(out_dir),
+        "--every-n-steps",
+        "20",
+    )
+    assert code == 0
+    rows = _parse_table(out, "optimizer")
+    assert [r["optimizer"] for r in rows] == ["SGD", "Adam"]
+    for r in rows:
+        assert 0 < float(r["train_loss"]) < 5 and 0 <= float(r["val_accuracy"]) <= 1
+    assert (out_dir / "curves.png").stat().st_size > 10_000
+    assert _read_csv(out_dir / "results.csv") == rows
+    for name in ("SGD", "Adam"):
+        assert {"train", "validation", "optimizer"} <= {p.name for p in (out_dir / name).iterdir()}
+        assert "effective_lr/model/median" in read_run(out_dir / name / "optimizer")
+        assert "_hparams_/session_start_info" in read_run(out_dir / name)
+    assert "[2/2]" in err and f"tensorboard --logdir {out_dir}" in out
+
+
+def test_compare_cnn_on_digits_with_a_convention(tmp_path, capsys):
+    code, out, _ = _run(
+        capsys,
+        "compare",
+        "--model",
+        "cnn",
+        "--epochs",
+        "1",
+        "--optimizers",
+        "Adagrad",
+        "--convention",
+        "keras",
+        "--lr",
+        "0.05",
+        "--logdir",
+        str(tmp_path / "c"),
+    )
+    assert code == 0 and _parse_table(out, "optimizer")[0]["lr"] == "0.05"
+
+
+def test_surfaces_writes_plots_gif_and_runs(tmp_path, capsys):
+    out_dir = tmp_path / "s"
+    code, out, _ = _run(
+        capsys,
+        "surfaces",
+        "--surface",
+        "local_minimum,beale",
+        "--steps",
+        "20",
+        "--gif",
+        "--optimizers",
+        "SGD,Momentum",
+        "--logdir",
+        str(out_dir),
+    )
+    assert code == 0
+    rows = _parse_table(out, "surface")
+    assert [(r["surface"], r["optimizer"]) for r in rows] == [
+        ("local_minimum", "SGD"),
+        ("local_minimum", "Momentum"),
+        ("beale", "SGD"),
+        ("beale", "Momentum"),
+    ]
+    for name in ("local_minimum", "beale"):
+        assert (out_dir / f"{name}.png").stat().st_size > 10_000 and (out_dir / f"{name}.gif").exists()
+    events = read_run(out_dir / "local_minimum" / "SGD")
+    assert len(events["local_minimum/loss"]) == 21
+
+
+def test_sweep_writes_plot_and_best_table(tmp_path, capsys):
+    out_dir = tmp_path / "w"
+    code, out, _ = _run(
+        capsys,
+        "sweep",
+        "--points",
+        "2",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--optimizers",
+        "SGD,RMSProp",
+        "--lr-min",
+        "1e-3",
+        "--lr-max",
+        "1e-1",
+        "--logdir",
+        str(out_dir),
+    )
+    assert code == 0
+    rows = _parse_table(out, "optimizer")
+    assert [r["optimizer"] for r in rows] == ["SGD", "RMSProp"]
+    assert all(r["best_lr"] in ("0.001", "0.1") for r in rows)
+    assert (out_dir / "sweep.png").stat().st_size > 10_000
+    assert len(_read_csv(out_dir / "runs.csv")) == 4
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["compare", "--optimizers", "Adamax"], "unknown optimizer ['Adamax']"),
+        (["compare", "--dataset", "mnist"], "invalid choice: 'mnist'"),
+        (["compare", "--epochs", "-3"], "must be a positive integer, got '-3'"),
+        (["compare", "--lr", "fast"], "--lr must be a number, got 'fast'"),
+        (["compare", "--model", "cnn", "--dataset", "wine"], "--model cnn needs an image dataset"),
+        (["surfaces", "--surface", "everest"], "unknown surface ['everest']"),
+        (["sweep", "--lr-min", "1", "--lr-max", "0.1"], "--lr-min must be below --lr-max"),
+    ],
+)
+def test_bad_input_is_one_line_and_nothing_runs(tmp_path, capsys, argv, message):
+    out_dir = tmp_path / "never"
+    with (
+        pytest.raises(SystemExit)
+        if "invalid choice" in message or "positive integer" in message
+        else _no_exit()
+    ):
+        code = cli.main([*argv, "--logdir", str(out_dir)])
+        assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("keras-optlab: error: ") and message in err
+    assert not out_dir.exists()
+
+
+def test_unwritable_logdir_is_refused_before_training(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = _run(capsys, "compare", "--logdir", str(blocker / "out"))
+    assert code == 2 and "is a file, not a directory" in err and err.count("\n") == 1
+
+
+class _no_exit:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ------------------------------------------------------------------ claims
+def test_sgd_stops_in_the_local_minimum_and_momentum_reaches_the_global_one():
+    """local_minimum surface, from (1.8, 1.0), lr 0.02, momentum 0.9, 300 steps."""
+    surface = SURFACES["local_minimum"]
+    sgd = trajectory(surface, ko.SGD(learning_rate=0.02))[-1]
+    momentum = trajectory(surface, ko.Momentum(learning_rate=0.02, momentum=0.9))[-1]
+    np.testing.assert_allclose(sgd, surface.local_minimum, atol=5e-3)
+    np.testing.assert_allclose(momentum, surface.minima[0], atol=5e-3)
+
+
+def test_nag_oscillates_less_than_momentum_across_the_ravine():
+    """ravine x^2/20 + 5y^2 from (-4, 1), lr 0.05, momentum 0.9, 150 steps: the
+    back-and-forth distance across the ravine (y) is over 4 times smaller with NAG."""
+    surface = SURFACES["ravine"]
+    lr = default_learning_rate(surface, ko.Momentum)
+    momentum = oscillation(trajectory(surface, ko.Momentum(learning_rate=lr, momentum=0.9)))
+    nag = oscillation(trajectory(surface, ko.NAG(learning_rate=lr, momentum=0.9)))
+    assert nag * 4 < momentum
+
+
+def test_adagrads_effective_learning_rate_dies_out_while_rmsprops_does_not(tmp_path):
+    """diabetes regression, MLP, lr 0.01 for both, batch 32, 20 epochs (220 steps): the
+    median effective learning rate the diagnostics log is over 10 times lower for Adagrad."""
+    dataset = data.load("diabetes")
+    initial = training.build_model(dataset, "mlp", 0).get_weights()
+    medians = {}
+    for cls in (ko.Adagrad, ko.RMSProp):
+        callback = OptimizerDiagnostics(
+            tmp_path / cls.__name__, every_n_steps=20, histogram_every_n_steps=None
+        )
+        training.train(dataset, "mlp", cls(learning_rate=0.01), initial, 20, 32, 0, callbacks=[callback])
+        medians[cls] = last(read_run(tmp_path / cls.__name__ / "optimizer"), "effective_lr/model/median")
+    assert medians[ko.RMSProp] > 10 * medians[ko.Adagrad]
