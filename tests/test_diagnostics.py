@@ -206,6 +206,15 @@ def test_an_optimizer_it_cannot_read_is_named_and_the_rest_logged(tmp_path):
     assert not any(tag.startswith(("effective_lr", "momentum", "cache", "gradient_norm")) for tag in events)
 
 
+def test_one_callback_across_two_fits_goes_on_writing(tmp_path):
+    model, callback = _model(ko.Adam()), OptimizerDiagnostics(tmp_path, every_n_steps=2)
+    _fit(model, [callback], epochs=1)
+    _fit(model, [callback], epochs=1)
+    events = read_run(tmp_path / "optimizer")
+    assert [step for step, _ in events["update_ratio/model"]] == [2, 4, 6, 8]
+    assert len(os.listdir(tmp_path / "optimizer")) == 1
+
+
 def test_a_run_that_logs_nothing_leaves_no_event_file(tmp_path):
     _fit(_model(ko.SGD()), [OptimizerDiagnostics(tmp_path / "logs", every_n_steps=1000)])
     assert not (tmp_path / "logs").exists()

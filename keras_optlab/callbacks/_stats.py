@@ -98,7 +98,10 @@ def _quantiles(counts, low, high):
     total = tf.reduce_sum(counts)
     cumulative = tf.cumsum(counts)
     targets = tf.constant(list(QUANTILES.values())) * total
-    index = tf.minimum(tf.searchsorted(cumulative[None], targets[None], side="left")[0], BINS - 1)
+    # the first bin whose cumulative count reaches each target
+    index = tf.minimum(
+        tf.reduce_sum(tf.cast(cumulative[None, :] < targets[:, None], tf.int32), axis=1), BINS - 1
+    )
     before = tf.where(index > 0, tf.gather(cumulative, tf.maximum(index - 1, 0)), 0.0)
     within = tf.math.divide_no_nan(targets - before, tf.gather(counts, index))
     values = tf.pow(10.0, LOG10_LOW + (_f32(index) + within) * WIDTH)
@@ -133,3 +136,30 @@ def summarise(parts) -> dict:
     if "gradient_sumsq" in p:
         out["gradient_norm"] = tf.sqrt(p["gradient_sumsq"])
     return out
+
+
+HISTOGRAM_BUCKETS = 30
+
+
+def histogram(values, mask=None):
+    """(low, high, counts) of `values` (where `mask`) in `HISTOGRAM_BUCKETS` equal buckets."""
+    values = tf.reshape(_f32(values), [-1])
+    weights = tf.ones_like(values) if mask is None else _f32(tf.reshape(mask, [-1]))
+    inf = tf.constant(math.inf)
+    low = tf.reduce_min(tf.where(weights > 0, values, inf))
+    high = tf.reduce_max(tf.where(weights > 0, values, -inf))
+    width = tf.maximum(high - low, 1e-12) / HISTOGRAM_BUCKETS
+    index = tf.clip_by_value(tf.cast(tf.floor((values - low) / width), tf.int32), 0, HISTOGRAM_BUCKETS - 1)
+    return low, high, tf.math.unsorted_segment_sum(weights, index, HISTOGRAM_BUCKETS)
+
+
+def histogram_proto(low, high, counts):
+    """TensorBoard's histogram tensor (rows of left edge, right edge, count)."""
+    import numpy as np
+    from tensorboard.util import tensor_util
+
+    counts = np.asarray(counts, dtype=np.float64)
+    if not counts.sum():
+        return tensor_util.make_tensor_proto(np.zeros((0, 3)))
+    edges = np.linspace(float(low), float(high), len(counts) + 1)
+    return tensor_util.make_tensor_proto(np.stack([edges[:-1], edges[1:], counts], axis=1))

@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
+import math
 import os
+import time
 import warnings
 
 import keras
 import tensorflow as tf
+from tensorboard.compat.proto import summary_pb2, tensor_pb2, types_pb2
+from tensorboard.plugins.histogram import metadata as histogram_metadata
+from tensorboard.plugins.scalar import metadata as scalar_metadata
 
 from keras_optlab._paths import why_unwritable
 from keras_optlab.callbacks import _stats
 from keras_optlab.callbacks._readers import reader_for, unwrap
 from keras_optlab.optimizers._validation import check_bool, check_float, check_int
+
+#: How often the event file is flushed (and checked), besides the first log and the end of training.
+FLUSH_SECONDS = 5.0
+_SCALAR = scalar_metadata.create_summary_metadata(display_name=None, description=None)
+_HISTOGRAM = histogram_metadata.create_summary_metadata(display_name=None, description=None)
+
+
+def _scalar_proto(value) -> tensor_pb2.TensorProto:
+    return tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[float(value)])
 
 
 class OptimizerDiagnostics(keras.callbacks.Callback):
@@ -68,8 +83,8 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
     def __init__(
         self,
         log_dir,
-        every_n_steps: int = 50,
-        histogram_every_n_steps: int | None = 500,
+        every_n_steps: int = 100,
+        histogram_every_n_steps: int | None = 1000,
         run_name: str = "optimizer",
         threshold_ratio: float = 0.01,
         traces=(),
@@ -96,7 +111,8 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         self._writer = None
         self._failed = False
         self._executions = 0
-        self._stats_fn = self._snapshot_fn = self._step = None
+        self._stats_fns = self._snapshot_fn = None
+        self._tags, self._histogram_tags = {}, {}  # filled while the statistics are traced
 
     @property
     def run_dir(self) -> str:
@@ -146,9 +162,13 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         self._before = None
 
     def on_train_end(self, logs=None):
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        # Flushed, not closed: the compiled statistics hold this writer, and a later
+        # `fit` with the same callback goes on writing to it.
+        if self._writer is not None and not self._failed:
+            try:
+                self._flush()
+            except Exception as error:
+                self._give_up(f"{type(error).__name__}: {error}")
 
     # --------------------------------------------------------------- logging
     def _log(self):
@@ -162,30 +182,39 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             self._writer = tf.summary.create_file_writer(self.run_dir)
             self._writer.flush()
             self._event_file = next(iter(set(self._event_files()) - existing), None)
-            self._written = 0
-        if self._step is None:  # a variable, so that the compiled call reads the step
-            self._step = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self._step.assign(step)
-        with self._writer.as_default(step=self._step):
+            self._written, self._pending = 0, False
+        previous_step, previous_caches = self._previous or (step, self._no_caches())
+        out = self._compiled(with_histograms)(
+            self._before, previous_caches, tf.constant(float(max(step - previous_step, 1)))
+        )
+        summary = self._summary(with_histograms, out, has_previous=self._previous is not None)
+        with self._writer.as_default(step=step):
             if first:
                 self._write_layout_and_hparams()
-            previous_step, previous_caches = self._previous or (step, self._no_caches())
-            caches, nonfinite = self._stats_fn_compiled()(
-                self._before,
-                previous_caches,
-                tf.constant(self._previous is not None),
-                tf.constant(float(max(step - previous_step, 1))),
-                tf.constant(with_histograms),
-            )
-        self._previous = (step, caches)
-        self._writer.flush()
-        self._check_written()
-        self._report_nonfinite(step, nonfinite.numpy())
+            tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step=step)
+        self._pending = True
+        self._previous = (step, out["caches"])
+        if first or time.monotonic() - self._flushed_at > FLUSH_SECONDS:
+            self._flush()
+        self._report_nonfinite(step, out["nonfinite"].numpy())
 
-    def _stats_fn_compiled(self):
-        if self._stats_fn is None:
-            self._stats_fn = tf.function(self._stats)
-        return self._stats_fn
+    def _flush(self):
+        """Flushes the writer and checks that what was written reached the event file."""
+        self._writer.flush()
+        self._flushed_at = time.monotonic()
+        if self._pending:
+            self._pending = False
+            self._check_written()
+
+    def _compiled(self, with_histograms: bool):
+        """The compiled statistics, one trace with histograms and one without."""
+        if self._stats_fns is None:
+            self._stats_fns = {}
+        if with_histograms not in self._stats_fns:
+            self._stats_fns[with_histograms] = tf.function(
+                functools.partial(self._stats, with_histograms=with_histograms)
+            )
+        return self._stats_fns[with_histograms]
 
     def _snapshot(self):
         """The weights (and the slots a gradient is read from) just before a log step."""
@@ -202,18 +231,47 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         has_cache = self._reader.cache_slot is not None
         return [tf.zeros(v.shape if has_cache else ()) for v in self._variables]
 
-    def _stats(self, before, previous_caches, has_previous, steps_since, with_histograms):
-        """Writes every statistic of one log step. All arguments are tensors, so that
-        it is traced once; `has_previous` and `with_histograms` gate their writes."""
+    def _stats(self, before, previous_caches, steps_since, with_histograms):
+        """Every statistic of one log step, computed in one compiled call.
+
+        Returns small tensors only: "scalars" (a vector, tagged by `self._tags`, which
+        tracing fills), "histograms" (bucket counts and ranges, tagged by
+        `self._histogram_tags`), the "caches" for the next log's growth, and the
+        "nonfinite" count of each variable.
+        """
         reader, twin = self._reader, self._reader.twin
         optimizer = reader.optimizer
         lr = tf.cast(optimizer.learning_rate, tf.float32)
+        tags, scalars, histogram_tags, histograms = [], [], [], []
+        self._tags[with_histograms], self._histogram_tags[with_histograms] = tags, histogram_tags
+
+        def scalar(tag, value, gate=None):
+            tags.append((tag, gate))
+            scalars.append(tf.cast(value, tf.float32))
+
+        def summary(stats, scope):
+            touched = len(tags)
+            if _stats.TOUCHED in stats:
+                scalar(None, stats.pop(_stats.TOUCHED))
+            for key, value in stats.items():
+                group, _, rest = key.partition("/")
+                gate = None
+                if group == "effective_lr" and rest in _stats.DISTRIBUTION:
+                    gate = touched  # the rates' distribution, once some element has a rate
+                elif key == "cache/growth_per_step_mean":
+                    gate = "previous"  # growth, once there was a previous log
+                scalar(f"{group}/{scope}/{rest}" if rest else f"{group}/{scope}", value, gate)
+
+        def histogram(tag, values, mask=None, gate=None):
+            histogram_tags.append((tag, gate))
+            histograms.append(_stats.histogram(values, mask))
+
         parts, caches, nonfinite, layers = [], [], [], {}
         for i, variable in enumerate(self._variables):
             path = variable.path
             state = {name: tf.convert_to_tensor(value) for name, value in reader.state(variable).items()}
             weight = tf.convert_to_tensor(variable)
-            rate = never = momentum = cache = growth = change = gradient_squared = None
+            rate = never = momentum = cache = growth = gradient_squared = None
             if twin is not None:
                 rate = twin.rate_from_state(state, optimizer.learning_rate, optimizer.iterations, variable)
                 never = twin.initial_mask_from_state(state, variable)
@@ -249,26 +307,48 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
                 )
             )
             if self.per_variable:
-                _write(_stats.summarise([p]), f"var/{path}", has_previous)
-                tf.summary.scalar(f"nonfinite/var/{path}", nonfinite[-1])
-            with tf.summary.record_if(with_histograms):
+                summary(_stats.summarise([p]), f"var/{path}")
+                scalar(f"nonfinite/var/{path}", nonfinite[-1])
+            if with_histograms:
                 if rate is not None:
-                    log10 = tf.math.log(tf.maximum(tf.cast(rate, tf.float32), 1e-30)) / tf.math.log(10.0)
-                    tf.summary.histogram(f"effective_lr_log10/var/{path}", tf.boolean_mask(log10, ~never))
+                    log10 = tf.math.log(tf.maximum(tf.cast(rate, tf.float32), 1e-30)) / math.log(10.0)
+                    histogram(f"effective_lr_log10/var/{path}", log10, mask=~never)
                 if momentum is not None:
-                    tf.summary.histogram(f"momentum/var/{path}/values", momentum)
-            with tf.summary.record_if(tf.logical_and(with_histograms, has_previous)):
+                    histogram(f"momentum/var/{path}/values", momentum)
                 if growth is not None:
-                    tf.summary.histogram(f"cache/var/{path}/growth_per_step", growth)
+                    histogram(f"cache/var/{path}/growth_per_step", growth, gate="previous")
             for name, index in self._trace_points.get(path, []):
                 values = {"weight": weight, "effective_lr": rate, "momentum": momentum, "cache": cache}
                 for key, value in values.items():
                     if value is not None:
-                        tf.summary.scalar(f"trace/{name}/{key}", value[index])
+                        scalar(f"trace/{name}/{key}", value[index])
         for layer, layer_parts in layers.items():
-            _write(_stats.summarise(layer_parts), f"layer/{layer}", has_previous)
-        _write(_stats.summarise(parts), "model", has_previous)
-        return caches if self._reader.cache_slot else None, tf.stack(nonfinite)
+            summary(_stats.summarise(layer_parts), f"layer/{layer}")
+        summary(_stats.summarise(parts), "model")
+        return {
+            "scalars": tf.stack(scalars),
+            "histograms": histograms,
+            "caches": caches,
+            "nonfinite": tf.stack(nonfinite),
+        }
+
+    def _summary(self, with_histograms, out, has_previous):
+        """One Summary protocol buffer of everything a log step writes."""
+        values = out["scalars"].numpy()
+        summary = summary_pb2.Summary()
+        for (tag, gate), value in zip(self._tags[with_histograms], values, strict=True):
+            if tag is None or (gate == "previous" and not has_previous):
+                continue
+            if isinstance(gate, int) and not values[gate] > 0:
+                continue
+            summary.value.add(tag=tag, metadata=_SCALAR, tensor=_scalar_proto(value))
+        for (tag, gate), (low, high, counts) in zip(
+            self._histogram_tags[with_histograms], out["histograms"], strict=True
+        ):
+            if gate == "previous" and not has_previous:
+                continue
+            summary.value.add(tag=tag, metadata=_HISTOGRAM, tensor=_stats.histogram_proto(low, high, counts))
+        return summary
 
     def _write_layout_and_hparams(self):
         from tensorboard.plugins.hparams import api as hparams
@@ -326,22 +406,6 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         )
         if self.stop_on_nonfinite:
             self.model.stop_training = True
-
-
-def _write(summary, scope, has_previous):
-    """Writes `summary` (from `_stats.summarise`) under `scope`: the rates' distribution
-    once some element has a rate, the cache's growth once there was a previous log."""
-    touched = summary.pop(_stats.TOUCHED, None)
-    for key, value in summary.items():
-        group, _, rest = key.partition("/")
-        tag = f"{group}/{scope}/{rest}" if rest else f"{group}/{scope}"
-        condition = True
-        if group == "effective_lr" and rest in _stats.DISTRIBUTION:
-            condition = touched > 0
-        elif key == "cache/growth_per_step_mean":
-            condition = has_previous
-        with tf.summary.record_if(condition):
-            tf.summary.scalar(tag, value)
 
 
 def _layout(layers):

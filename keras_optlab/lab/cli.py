@@ -16,7 +16,7 @@ from keras_optlab._paths import why_unwritable
 
 OPTIMIZERS = {cls.__name__.lower(): cls for cls in ko.ALL}
 CONVENTIONS = ("ours", "keras", "pytorch", "optax")
-#: Learning rates for the MLP and CNN on the bundled datasets, chosen by `keras-optlab sweep`.
+#: Default learning rates: a good value for each optimizer on the digits MLP (see `keras-optlab sweep`).
 DEFAULT_LR = {"SGD": 0.05, "Momentum": 0.01, "NAG": 0.01, "Adagrad": 0.05, "RMSProp": 0.001, "Adam": 0.001}
 
 

@@ -1,0 +1,94 @@
+"""Overhead of OptimizerDiagnostics on `model.fit` with the lab's model.
+
+    python bench/callback_overhead.py [--repeats 15] [--epochs 3] [--json bench/callback_overhead.json]
+
+The lab's default model (MLP 64-64-32-10 on scikit-learn's digits, batch 32, Adam)
+fits `--epochs` epochs with and without the callback, in alternating pairs, on the
+same model (the train function and the callback's compiled statistics are traced in
+a warm-up fit first, whose cost is reported apart). The figure is the median of the
+paired ratios fit time with / without, and a 95% interval, for the default interval
+(every 100 steps, histograms every 1000) and for logging every step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common import machine, median_interval, paired, write_json  # noqa: E402
+
+import keras_optlab as ko  # noqa: E402
+from keras_optlab.callbacks import OptimizerDiagnostics  # noqa: E402
+from keras_optlab.lab import data, training  # noqa: E402
+from tests.tb import read_run  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    # A callback that stopped writing would be measured doing nothing: make that fatal.
+    warnings.filterwarnings("error", message="OptimizerDiagnostics")
+
+    dataset = data.load("digits")
+    model = training.build_model(dataset, "mlp", seed=0)
+    training.compile_for(model, dataset, ko.Adam())
+    logdir = tempfile.mkdtemp(prefix="optlab-bench-")
+    settings = {
+        "default interval (100 steps, histograms 1000)": {},
+        "every step (histograms every 10)": {"every_n_steps": 1, "histogram_every_n_steps": 10},
+    }
+
+    def fit(callbacks):
+        model.fit(
+            dataset.x_train,
+            dataset.y_train,
+            epochs=args.epochs,
+            batch_size=32,
+            verbose=0,
+            callbacks=callbacks,
+        )
+
+    start = time.perf_counter()
+    fit([])  # traces the train function
+    first_fit = time.perf_counter() - start
+    steps = args.epochs * -(-len(dataset.x_train) // 32)
+    results = {"machine": machine(), "steps_per_fit": steps, "first_fit_seconds": first_fit, "cases": {}}
+    print(f"{steps} steps a fit; {args.repeats} pairs each\n")
+    print(f"{'logging':45s} {'ratio (median)':>14s} {'95% interval':>16s} {'first fit, traced':>18s}")
+    for name, kwargs in settings.items():
+        callback = OptimizerDiagnostics(os.path.join(logdir, name.split()[0]), **kwargs)
+        start = time.perf_counter()
+        fit([callback])  # traces the callback's statistics
+        traced = time.perf_counter() - start
+        ratios = paired(lambda c=callback: fit([c]), lambda: fit([]), args.repeats)
+        logged = len(read_run(callback.run_dir)["update_ratio/model"])
+        expected = (args.repeats + 1) * steps // callback.every_n_steps
+        assert logged >= expected - (args.repeats + 1), (
+            f"the callback logged {logged} times, expected ~{expected}"
+        )
+        median, low, high = median_interval(ratios)
+        results["cases"][name] = {
+            "median": median,
+            "low": low,
+            "high": high,
+            "ratios": ratios,
+            "traced": traced,
+        }
+        print(f"{name:45s} {median:14.3f} {f'[{low:.3f}, {high:.3f}]':>16s} {traced:17.1f}s")
+    if args.json:
+        write_json(args.json, results)
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

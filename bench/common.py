@@ -1,0 +1,73 @@
+"""What the benchmarks share: paired timing and a median with a 95% interval.
+
+Machines here are shared and noisy (single runs vary by 5-20%), so every figure is
+a ratio of two things measured back to back in the same process, alternating their
+order, repeated; reported as the median of the ratios with a distribution-free 95%
+confidence interval for that median (order statistics of the binomial(n, 1/2)).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def median_interval(values, confidence=0.95):
+    """(median, low, high): the median and a distribution-free interval for it."""
+    xs = sorted(values)
+    n = len(xs)
+    median = (xs[(n - 1) // 2] + xs[n // 2]) / 2
+    # the largest k with P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2
+    alpha, cumulative, k = (1 - confidence) / 2, 0.0, 0
+    while True:
+        p = math.comb(n, k) / 2**n
+        if cumulative + p > alpha:
+            break
+        cumulative += p
+        k += 1
+    if k == 0:  # too few pairs for the interval: report the range
+        return median, xs[0], xs[-1]
+    return median, xs[k - 1], xs[n - k]
+
+
+def paired(a, b, repeats: int):
+    """Times `a()` and `b()` back to back `repeats` times, alternating which goes first.
+
+    Returns the ratios time(a) / time(b), one per pair.
+    """
+    ratios = []
+    for i in range(repeats):
+        order = (a, b) if i % 2 == 0 else (b, a)
+        seconds = {}
+        for fn in order:
+            start = time.perf_counter()
+            fn()
+            seconds[fn] = time.perf_counter() - start
+        ratios.append(seconds[a] / seconds[b])
+    return ratios
+
+
+def machine() -> dict:
+    import tensorflow as tf
+
+    import keras
+
+    return {
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "devices": [d.device_type for d in tf.config.list_physical_devices()],
+    }
+
+
+def write_json(path, payload):
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)
