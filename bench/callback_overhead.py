@@ -22,12 +22,12 @@ import warnings
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import machine, median_interval, paired, write_json  # noqa: E402
+from common import machine, median_interval, paired, write_json
 
-import keras_optlab as ko  # noqa: E402
-from keras_optlab.callbacks import OptimizerDiagnostics  # noqa: E402
-from keras_optlab.lab import data, training  # noqa: E402
-from tests.tb import read_run  # noqa: E402
+import keras_optlab as ko
+from keras_optlab.callbacks import OptimizerDiagnostics
+from keras_optlab.lab import data, training
+from tests.tb import read_run
 
 
 def main(argv=None):

@@ -53,9 +53,8 @@ def paired(a, b, repeats: int):
 
 
 def machine() -> dict:
-    import tensorflow as tf
-
     import keras
+    import tensorflow as tf
 
     return {
         "machine": platform.machine(),
