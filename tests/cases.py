@@ -11,7 +11,6 @@ import dataclasses
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 import keras_optlab as ko
 from tests import reference
@@ -82,7 +81,8 @@ def random_gradients(shape, steps, seed=0):
 
 
 def run(optimizer, w0, grads, dtype):
-    """Applies `grads` one step at a time in a compiled step.
+    """Applies `grads` one step at a time (in a compiled step on TensorFlow, eagerly on
+    the other backends).
 
     Returns the weights after each step, and the learning rate each step used as
     the optimizer computed it (a schedule evaluated in a graph can differ from the
@@ -91,14 +91,17 @@ def run(optimizer, w0, grads, dtype):
     w = keras.Variable(np.asarray(w0, dtype=dtype), dtype=dtype)
     optimizer.build([w])
 
-    @tf.function
     def step(g):
         lr = optimizer.learning_rate
         optimizer.apply([g], [w])
         return lr
 
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        step = tf.function(step)
     weights, lrs = [], []
     for g in grads:
-        lrs.append(float(step(tf.constant(g, dtype=dtype))))
-        weights.append(w.numpy().astype(np.float64))
+        lrs.append(float(keras.ops.convert_to_numpy(step(keras.ops.convert_to_tensor(g, dtype=dtype)))))
+        weights.append(keras.ops.convert_to_numpy(w).astype(np.float64))
     return np.array(weights), np.array(lrs)

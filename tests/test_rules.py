@@ -1,5 +1,6 @@
 """Each rule against its NumPy reference, over whole trajectories with a schedule."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -9,10 +10,15 @@ STEPS = 220
 SHAPE = (3, 4)
 
 
+# On JAX and PyTorch float32 kernels round differently from NumPy's order (fused
+# multiply-adds): over 220 steps with momentum that is up to 1.5e-6 absolute.
+F32_ATOL = 1e-6 if keras.backend.backend() == "tensorflow" else 2e-6
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 @pytest.mark.parametrize(
     "dtype, tolerance",
-    [("float64", {"rtol": 1e-10, "atol": 1e-13}), ("float32", {"rtol": 1e-5, "atol": 1e-6})],
+    [("float64", {"rtol": 1e-10, "atol": 1e-13}), ("float32", {"rtol": 1e-5, "atol": F32_ATOL})],
 )
 def test_matches_numpy_reference(case, dtype, tolerance):
     grads = random_gradients(SHAPE, STEPS)

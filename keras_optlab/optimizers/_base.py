@@ -255,6 +255,13 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         return g, lr, rows
 
     @staticmethod
+    def maximum(a, b):
+        """Element-wise maximum at the dtype of `b`. (`ops.maximum` turns float64 into
+        float32 on Keras 3.15's PyTorch backend.)"""
+        a = ops.cast(a, b.dtype)
+        return ops.where(ops.greater(a, b), a, b)
+
+    @staticmethod
     def read(variable, rows, dtype):
         """`variable` (or its `rows`) at `dtype`."""
         value = variable if rows is None else ops.take(variable, rows, axis=0)

@@ -126,7 +126,7 @@ class Adam(OptlabOptimizer):
         v_hat = v_t / correction_2  # bias corrections
         if self.amsgrad:  # running maximum of v (raw) or of v_hat (corrected)
             v_max = self.slot("v_max", variable)
-            v_max_t = ops.maximum(v_max, v_t if self.amsgrad_max == "raw" else v_hat)
+            v_max_t = self.maximum(v_max, v_t if self.amsgrad_max == "raw" else v_hat)
             self.assign(v_max, v_max_t)
             v_hat = v_max_t / correction_2 if self.amsgrad_max == "raw" else v_max_t
         self.assign_sub(variable, self._rate(lr, v_hat, correction_2) * (m_t / correction_1))

@@ -89,7 +89,8 @@ class RMSProp(OptlabOptimizer):
     def _denominator(self, cache, mean_gradient):
         """sqrt(s) + eps (or sqrt(s + eps)), s = cache - mean_gradient^2 when centered."""
         eps = self.hyper(self.epsilon, cache.dtype)
-        s = cache if mean_gradient is None else ops.maximum(cache - ops.square(mean_gradient), 0)
+        # centered: max(c - a^2, 0) as ops.relu, which keeps the dtype on every backend
+        s = cache if mean_gradient is None else ops.relu(cache - ops.square(mean_gradient))
         return ops.sqrt(s + eps) if self.epsilon_inside_sqrt else ops.sqrt(s) + eps
 
     def update_step(self, gradient, variable, learning_rate):

@@ -1,0 +1,48 @@
+"""The other Keras backends. Each runs in a fresh process, since a process holds one
+backend: the optimizer tests (`test_rules.py`, `test_fit_references.py`, which are
+backend-neutral) under JAX and PyTorch, and Keras' DataParallel on JAX."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import keras_optlab as ko
+
+ROOT = Path(__file__).resolve().parent.parent
+NEUTRAL = ["tests/test_rules.py", "tests/test_fit_references.py"]
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_optimizer_tests_pass_under(backend):
+    pytest.importorskip(backend, reason=f"the {backend} backend tests need {backend} (pip install .[test])")
+    env = dict(os.environ, KERAS_BACKEND=backend, JAX_ENABLE_X64="1", TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *NEUTRAL],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert " passed" in result.stdout.splitlines()[-1]
+
+
+def test_data_parallel_on_jax_matches_one_device():
+    """keras.distribution.DataParallel over two host devices: weights after 3 epochs
+    agree with one device to 1e-6 (the gradient mean is summed in another order)."""
+    pytest.importorskip("jax", reason="needs jax (pip install .[test])")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "scripts" / "data_parallel_jax.py")],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    gaps = dict(line.split() for line in result.stdout.splitlines())
+    assert set(gaps) == {cls.__name__ for cls in ko.ALL}
+    assert all(float(gap) <= 1e-6 for gap in gaps.values()), gaps
