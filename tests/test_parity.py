@@ -57,7 +57,9 @@ def test_keras_builtin(name, make_keras, ours, lr):
     w0, grads, sched = _problem(lr)
     theirs = make_keras()
     theirs.learning_rate = sched
-    ours.learning_rate = sched
+    # Op by op, as Keras computes: in float32 the XLA-fused update rounds differently
+    # (fused multiply-adds), which momentum carries to a few 1e-6 over 300 steps.
+    ours = type(ours).from_config({**ours.get_config(), "fused_update": False, "learning_rate": sched})
     want, _ = run(theirs, w0, grads, "float32")
     got, _ = run(ours, w0, grads, "float32")
     np.testing.assert_allclose(got, want, **F32)

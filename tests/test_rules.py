@@ -51,3 +51,21 @@ def test_every_switch_changes_the_trajectory(case, key):
     got, lrs = run(case.optimizer(learning_rate=sched, **{key: flipped}), w0, grads, "float64")
     want = case.reference(w0, grads, lrs)
     assert np.max(np.abs(got - want) / (np.abs(want) + 1e-8)) > 1e-6
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the fused update is TensorFlow's")
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_fused_update_is_the_same_rule(case, monkeypatch):
+    """The XLA-fused update against the op-by-op one: float rounding apart, equal.
+    (Fused from 1 element on, so that the small test variable takes that path.)"""
+    from keras_optlab.optimizers import _base
+
+    monkeypatch.setattr(_base, "FUSE_MIN_SIZE", 1)
+    grads = random_gradients(SHAPE, STEPS)
+    w0 = np.random.default_rng(1).normal(size=SHAPE)
+    sched = schedule(case.cls, STEPS)
+    optimizer = case.optimizer(learning_rate=sched)
+    fused, _ = run(optimizer, w0, grads, "float64")
+    assert len(optimizer._fused) == 1  # the update did go through the compiled cluster
+    plain, _ = run(case.optimizer(learning_rate=sched, fused_update=False), w0, grads, "float64")
+    np.testing.assert_allclose(fused, plain, rtol=1e-12, atol=1e-14)

@@ -20,6 +20,9 @@ from keras_optlab.optimizers._validation import (
 )
 
 _SIXTEEN_BIT = ("float16", "bfloat16")
+#: Variables smaller than this update op by op: launching an XLA cluster costs more
+#: than it saves on them (bench/optimizer_step.py, regime b: 2x slower at 1,000 elements).
+FUSE_MIN_SIZE = 65_536
 FRAMEWORKS = ("keras", "pytorch", "optax")
 _FRAMEWORK_ALIASES = {"torch": "pytorch", "tf": "keras", "tensorflow": "keras"}
 
@@ -30,10 +33,15 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
     Besides Keras' own arguments (`weight_decay`, `clipnorm`, `clipvalue`,
     `global_clipnorm`, `use_ema`, `ema_momentum`, `ema_overwrite_frequency`,
     `loss_scale_factor`, `gradient_accumulation_steps`, `name`) every optimizer takes
-    `coupled_weight_decay`: False (default) keeps Keras' decoupled decay
-    `w -= lr * weight_decay * w` applied before the update; True adds PyTorch's
-    coupled L2 term to the gradient instead, `g += weight_decay * w`, before anything
-    else in the rule (as `torch.optim.SGD`, `Adagrad`, `RMSprop` and `Adam` do).
+
+    - `coupled_weight_decay`: False (default) keeps Keras' decoupled decay
+      `w -= lr * weight_decay * w` applied before the update; True adds PyTorch's
+      coupled L2 term to the gradient instead, `g += weight_decay * w`, before
+      anything else in the rule (as `torch.optim.SGD`, `Adagrad`, `RMSprop` and
+      `Adam` do).
+    - `fused_update`: True (default) compiles each variable's update as one XLA
+      cluster on the TensorFlow backend (see `_backend_update_step`); False runs the
+      rule op by op, as Keras' own optimizers do in graph mode.
 
     Variables of 16 bits (float16, bfloat16) keep their slots in float32 and have
     their update computed in float32, so that epsilon (1e-8 is 0 in float16) never
@@ -53,6 +61,7 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         self,
         learning_rate,
         coupled_weight_decay=False,
+        fused_update=True,
         weight_decay=None,
         clipnorm=None,
         clipvalue=None,
@@ -68,6 +77,7 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         if name is not None and not isinstance(name, str):
             raise TypeError(f"`name` must be a string or None. Received: name={name!r}")
         coupled_weight_decay = check_bool("coupled_weight_decay", coupled_weight_decay)
+        fused_update = check_bool("fused_update", fused_update)
         super().__init__(
             learning_rate=check_learning_rate(learning_rate),
             weight_decay=check_float("weight_decay", weight_decay, "[0, inf)", allow_none=True),
@@ -89,6 +99,8 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
             **kwargs,
         )
         self.coupled_weight_decay = coupled_weight_decay
+        self.fused_update = fused_update
+        self._fused = {}  # variable key -> its update compiled as one XLA cluster
 
     @classmethod
     def like(cls, framework: str, **overrides):
@@ -275,7 +287,48 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
     def _apply_weight_decay(self, variables):
         """Keras' hook, a no-op here: `prepare` applies weight decay per variable."""
 
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        """Runs `update_step` per variable; on TensorFlow (`fused_update=True`, no
+        distribution strategy, dense gradient, at least `FUSE_MIN_SIZE` elements)
+        compiled as one XLA cluster per variable.
+
+        The compiled update is the same `update_step`, so the same rule; XLA fuses its
+        element-wise chain into one pass over memory where TensorFlow's graph mode runs
+        one kernel per operation. Only float rounding can differ (fused multiply-adds).
+        Under a strategy the update goes through Keras' own distributed path.
+        """
+        if not self._fusable():
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        import tensorflow as tf
+
+        learning_rate = tf.convert_to_tensor(learning_rate)
+        for gradient, variable in zip(grads, trainable_variables, strict=True):
+            variable = variable.value if isinstance(variable, keras.Variable) else variable
+            if _sparse.is_indexed_slices(gradient) or variable.shape.num_elements() < FUSE_MIN_SIZE:
+                self.update_step(gradient, variable, learning_rate)
+            else:
+                self._fused_update_of(variable)(gradient, learning_rate)
+
+    def _fusable(self) -> bool:
+        if not self.fused_update or keras.backend.backend() != "tensorflow":
+            return False
+        import tensorflow as tf
+
+        return not tf.distribute.has_strategy()
+
+    def _fused_update_of(self, variable):
+        key = self._var_key(variable)
+        if key not in self._fused:
+            import tensorflow as tf
+
+            def update(gradient, learning_rate):  # closes over `variable`: one trace each
+                self.update_step(gradient, variable, learning_rate)
+
+            self._fused[key] = tf.function(update, jit_compile=True, autograph=False)
+        return self._fused[key]
+
     def get_config(self):
         config = super().get_config()
         config["coupled_weight_decay"] = self.coupled_weight_decay
+        config["fused_update"] = self.fused_update
         return config
