@@ -142,6 +142,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--regimes", default="abc")
+    parser.add_argument(
+        "--optimizers", default=",".join(PAIRS), help="comma-separated, from " + ",".join(PAIRS)
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
@@ -162,6 +165,8 @@ def main(argv=None):
         )
         rows = results["regimes"][regime] = {}
         for name, (ours, theirs, cls) in PAIRS.items():
+            if name not in args.optimizers.split(","):
+                continue
             for mode in ("graph", "xla"):
                 jit = mode == "xla"
                 a = Stepper(ours(), shapes, jit, steps)

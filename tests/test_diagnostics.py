@@ -354,3 +354,26 @@ def test_under_mirrored_strategy_it_logs_once(tmp_path):
     events = read_run(tmp_path / "logs" / "optimizer")
     assert [step for step, _ in events["effective_lr/model/median"]] == [2, 4, 6, 8]
     assert len(os.listdir(tmp_path / "logs" / "optimizer")) == 1
+
+
+@pytest.mark.parametrize(
+    "cluster, task_type, task_id, writes",
+    [
+        ({"worker": ["a:1", "b:1"]}, "worker", 0, True),  # no chief: worker 0 writes
+        ({"worker": ["a:1", "b:1"]}, "worker", 1, False),
+        ({"chief": ["c:1"], "worker": ["a:1"]}, "chief", 0, True),
+        ({"chief": ["c:1"], "worker": ["a:1"]}, "worker", 0, False),
+        (None, None, None, True),  # one process, no cluster
+    ],
+)
+def test_of_several_workers_only_the_chief_writes(cluster, task_type, task_id, writes):
+    from types import SimpleNamespace
+
+    from keras_optlab.callbacks.diagnostics import _is_chief
+
+    resolver = None
+    if cluster is not None:
+        resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id
+        )
+    assert _is_chief(SimpleNamespace(cluster_resolver=resolver)) is writes

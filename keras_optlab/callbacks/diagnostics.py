@@ -130,7 +130,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             raise ValueError(f"`log_dir` cannot be written: {reason}. Received: log_dir={self.log_dir!r}")
         self._reader = reader_for(self.model.optimizer)
         if self._reader.note:
-            warnings.warn(self._reader.note, stacklevel=2)
+            warnings.warn(self._reader.note, stacklevel=1)
         self._active = _is_chief(self.model.distribute_strategy) and not self._failed
         self._variables = list(self.model.trainable_variables)
         self._trace_points = _resolve_traces(self.traces, self._variables)
@@ -387,7 +387,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         warnings.warn(
             f"OptimizerDiagnostics stopped writing to {self.run_dir} ({reason}); training goes on without "
             "optimizer diagnostics.",
-            stacklevel=3,
+            stacklevel=1,
         )
 
     def _report_nonfinite(self, step, counts):
@@ -402,7 +402,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         )
         warnings.warn(
             f"Non-finite values in the weights or optimizer state at step {step}: {where}; {action}.",
-            stacklevel=3,
+            stacklevel=1,
         )
         if self.stop_on_nonfinite:
             self.model.stop_training = True

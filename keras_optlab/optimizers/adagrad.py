@@ -83,7 +83,8 @@ class Adagrad(OptlabOptimizer):
     def _rate(self, lr, cache, t):
         """eta / (1 + (t-1) * lr_decay) / (sqrt(cache) + eps), eps inside the root if asked."""
         eps = self.hyper(self.epsilon, cache.dtype)
-        lr = lr / (1 + (t - 1) * self.hyper(self.lr_decay, cache.dtype))
+        if self.lr_decay:  # without decay, no per-step scalars to compute (t may be None)
+            lr = lr / (1 + (t - 1) * self.hyper(self.lr_decay, cache.dtype))
         return lr / (ops.sqrt(cache + eps) if self.epsilon_inside_sqrt else ops.sqrt(cache) + eps)
 
     def update_step(self, gradient, variable, learning_rate):
@@ -91,7 +92,7 @@ class Adagrad(OptlabOptimizer):
         cache = self.slot("cache", variable)
         c = self.read(cache, rows, g.dtype) + ops.square(g)  # c += g^2
         self.assign(cache, self.at_rows(c, rows))
-        rate = self._rate(lr, c, self.step_count(g.dtype))
+        rate = self._rate(lr, c, self.step_count(g.dtype) if self.lr_decay else None)
         self.assign_sub(variable, self.at_rows(rate * g, rows))  # w -= rate * g
 
     def _rate_of_state(self, state, lr, t):
