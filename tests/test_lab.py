@@ -12,8 +12,9 @@ from keras_optlab.lab.surfaces import SURFACES, default_learning_rate, oscillati
 from tests.tb import last, read_run
 
 
-def _run(capsys, *argv):
-    code = cli.main(list(argv))
+def _run(capsys, command: str, logdir):
+    """Runs `keras-optlab COMMAND --logdir LOGDIR`; returns its exit code, stdout, stderr."""
+    code = cli.main([*command.split(), "--logdir", str(logdir)])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -38,18 +39,7 @@ def _parse_table(out, first_column):
 
 def test_compare_writes_runs_plot_table(tmp_path, capsys):
     out_dir = tmp_path / "compare"
-    code, out, err = _run(
-        capsys,
-        "compare",
-        "--epochs",
-        "2",
-        "--optimizers",
-        "SGD,Adam",
-        "--logdir",
-        str(out_dir),
-        "--every-n-steps",
-        "20",
-    )
+    code, out, err = _run(capsys, "compare --epochs 2 --optimizers SGD,Adam --every-n-steps 20", str(out_dir))
     assert code == 0
     rows = _parse_table(out, "optimizer")
     assert [r["optimizer"] for r in rows] == ["SGD", "Adam"]
@@ -67,18 +57,7 @@ def test_compare_writes_runs_plot_table(tmp_path, capsys):
 def test_compare_cnn_on_digits_with_a_convention(tmp_path, capsys):
     code, out, _ = _run(
         capsys,
-        "compare",
-        "--model",
-        "cnn",
-        "--epochs",
-        "1",
-        "--optimizers",
-        "Adagrad",
-        "--convention",
-        "keras",
-        "--lr",
-        "0.05",
-        "--logdir",
+        "compare --model cnn --epochs 1 --optimizers Adagrad --convention keras --lr 0.05",
         str(tmp_path / "c"),
     )
     assert code == 0 and _parse_table(out, "optimizer")[0]["lr"] == "0.05"
@@ -88,15 +67,7 @@ def test_surfaces_writes_plots_gif_and_runs(tmp_path, capsys):
     out_dir = tmp_path / "s"
     code, out, _ = _run(
         capsys,
-        "surfaces",
-        "--surface",
-        "local_minimum,beale",
-        "--steps",
-        "20",
-        "--gif",
-        "--optimizers",
-        "SGD,Momentum",
-        "--logdir",
+        "surfaces --surface local_minimum,beale --steps 20 --gif --optimizers SGD,Momentum",
         str(out_dir),
     )
     assert code == 0
@@ -117,20 +88,7 @@ def test_sweep_writes_plot_and_best_table(tmp_path, capsys):
     out_dir = tmp_path / "w"
     code, out, _ = _run(
         capsys,
-        "sweep",
-        "--points",
-        "2",
-        "--seeds",
-        "1",
-        "--epochs",
-        "1",
-        "--optimizers",
-        "SGD,RMSProp",
-        "--lr-min",
-        "1e-3",
-        "--lr-max",
-        "1e-1",
-        "--logdir",
+        "sweep --points 2 --seeds 1 --epochs 1 --optimizers SGD,RMSProp --lr-min 1e-3 --lr-max 1e-1",
         str(out_dir),
     )
     assert code == 0
@@ -170,7 +128,7 @@ def test_bad_input_is_one_line_and_nothing_runs(tmp_path, capsys, argv, message)
 def test_unwritable_logdir_is_refused_before_training(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code, _, err = _run(capsys, "compare", "--logdir", str(blocker / "out"))
+    code, _, err = _run(capsys, "compare", blocker / "out")
     assert code == 2 and "is a file, not a directory" in err and err.count("\n") == 1
 
 
