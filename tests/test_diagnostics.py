@@ -215,6 +215,17 @@ def test_one_callback_across_two_fits_goes_on_writing(tmp_path):
     assert len(os.listdir(tmp_path / "optimizer")) == 1
 
 
+def test_one_callback_on_a_second_model_reads_the_second_model(tmp_path):
+    callback = OptimizerDiagnostics(tmp_path, every_n_steps=2)
+    _fit(_model(ko.Adam()), [callback], epochs=1)
+    keras.utils.set_random_seed(1)
+    other = keras.Sequential([keras.Input((5,)), keras.layers.Dense(2, name="solo")], name="other")
+    other.compile(optimizer=ko.SGD(), loss="mse")
+    _fit(other, [callback], epochs=1)
+    events = read_run(tmp_path / "optimizer")
+    assert [step for step, _ in events["update_ratio/var/other/solo/kernel"]] == [2, 4]
+
+
 def test_a_run_that_logs_nothing_leaves_no_event_file(tmp_path):
     _fit(_model(ko.SGD()), [OptimizerDiagnostics(tmp_path / "logs", every_n_steps=1000)])
     assert not (tmp_path / "logs").exists()

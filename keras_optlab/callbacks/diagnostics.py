@@ -132,7 +132,10 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         if self._reader.note:
             warnings.warn(self._reader.note, stacklevel=1)
         self._active = _is_chief(self.model.distribute_strategy) and not self._failed
-        self._variables = list(self.model.trainable_variables)
+        variables = list(self.model.trainable_variables)
+        if [id(v) for v in variables] != [id(v) for v in getattr(self, "_variables", [])]:
+            self._stats_fns = self._snapshot_fn = None  # traced for other variables
+        self._variables = variables
         self._trace_points = _resolve_traces(self.traces, self._variables)
         spe = int(getattr(self.model, "steps_per_execution", 1) or 1)
         self._one_step_window = spe == 1
@@ -147,9 +150,12 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         # Keras builds the optimizer in its first step: a log due before it is skipped.
         if self._active and (self._executions + 1) % self._every == 0 and self._reader.optimizer.built:
-            if self._snapshot_fn is None:
-                self._snapshot_fn = tf.function(self._snapshot)
-            self._before = self._snapshot_fn()
+            try:
+                if self._snapshot_fn is None:
+                    self._snapshot_fn = tf.function(self._snapshot)
+                self._before = self._snapshot_fn()
+            except Exception as error:  # a diagnostic must never end a training run
+                self._give_up(f"{type(error).__name__}: {error}")
 
     def on_train_batch_end(self, batch, logs=None):
         self._executions += 1
@@ -162,8 +168,8 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         self._before = None
 
     def on_train_end(self, logs=None):
-        # Flushed, not closed: the compiled statistics hold this writer, and a later
-        # `fit` with the same callback goes on writing to it.
+        # Flushed, not closed: a later `fit` with the same callback goes on writing
+        # to the same event file.
         if self._writer is not None and not self._failed:
             try:
                 self._flush()
