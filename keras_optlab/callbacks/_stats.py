@@ -31,6 +31,11 @@ def _f32(x):
     return tf.cast(x, tf.float32)
 
 
+def log10(rate):
+    """log10 of effective learning rates (float32; a rate of 0 counts as 1e-30)."""
+    return tf.math.log(tf.maximum(_f32(rate), 1e-30)) / math.log(10.0)
+
+
 def part(
     rate, never_updated, momentum, cache, cache_growth, weight, weight_change, gradient_squared, threshold
 ):
@@ -47,8 +52,7 @@ def part(
     if rate is not None:
         rate = _f32(rate)
         touched = tf.logical_not(never_updated)
-        log10 = tf.math.log(tf.maximum(rate, 1e-30)) / math.log(10.0)
-        bins = tf.clip_by_value(tf.cast(tf.floor((log10 - LOG10_LOW) / WIDTH), tf.int32), 0, BINS - 1)
+        bins = tf.clip_by_value(tf.cast(tf.floor((log10(rate) - LOG10_LOW) / WIDTH), tf.int32), 0, BINS - 1)
         weights = _f32(touched)
         inf = tf.constant(math.inf)
         p.update(

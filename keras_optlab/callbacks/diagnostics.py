@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import glob
-import math
 import os
 import time
 import warnings
@@ -317,8 +316,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
                 scalar(f"nonfinite/var/{path}", nonfinite[-1])
             if with_histograms:
                 if rate is not None:
-                    log10 = tf.math.log(tf.maximum(tf.cast(rate, tf.float32), 1e-30)) / math.log(10.0)
-                    histogram(f"effective_lr_log10/var/{path}", log10, mask=~never)
+                    histogram(f"effective_lr_log10/var/{path}", _stats.log10(rate), mask=~never)
                 if momentum is not None:
                     histogram(f"momentum/var/{path}/values", momentum)
                 if growth is not None:
