@@ -123,19 +123,20 @@ class Adam(OptlabOptimizer):
         v_t = beta_2 * v + (1 - beta_2) * ops.square(g)  # second moment
         self.assign(m, m_t)
         self.assign(v, v_t)
-        v_hat = v_t / correction_2  # bias corrections
+        # bias corrections, as multiplications by 1/(1 - beta^t): one division per element, not three
+        v_hat = v_t * (1 / correction_2)
         if self.amsgrad:  # running maximum of v (raw) or of v_hat (corrected)
             v_max = self.slot("v_max", variable)
             v_max_t = self.maximum(v_max, v_t if self.amsgrad_max == "raw" else v_hat)
             self.assign(v_max, v_max_t)
-            v_hat = v_max_t / correction_2 if self.amsgrad_max == "raw" else v_max_t
-        self.assign_sub(variable, self._rate(lr, v_hat, correction_2) * (m_t / correction_1))
+            v_hat = v_max_t * (1 / correction_2) if self.amsgrad_max == "raw" else v_max_t
+        self.assign_sub(variable, self._rate(lr, v_hat, correction_2) * (m_t * (1 / correction_1)))
 
     def _rate_of_state(self, state, lr, t):
         _, correction_2 = self._corrections(t, lr.dtype)
         if self.amsgrad and self.amsgrad_max == "corrected":
             return self._rate(lr, state["v_max"], correction_2)
-        return self._rate(lr, state["v_max" if self.amsgrad else "v"] / correction_2, correction_2)
+        return self._rate(lr, state["v_max" if self.amsgrad else "v"] * (1 / correction_2), correction_2)
 
     def initial_mask_from_state(self, state, variable):
         return ops.equal(state["v"], 0)
