@@ -100,10 +100,7 @@ class Adagrad(OptlabOptimizer):
 
     def initial_mask_from_state(self, state, variable):
         cache = state["cache"]
-        return ops.equal(
-            cache,
-            ops.cast(self.hyper(self.initial_accumulator_value, self.compute_dtype(variable)), cache.dtype),
-        )
+        return ops.equal(cache, self.hyper(self.initial_accumulator_value, cache.dtype))
 
     def get_config(self):
         config = super().get_config()

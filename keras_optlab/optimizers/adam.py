@@ -101,17 +101,18 @@ class Adam(OptlabOptimizer):
             self.add_slots(var_list, "v_max")
 
     def _corrections(self, t, dtype):
-        """(1 - beta_1^t, 1 - beta_2^t), or (1, 1) without bias correction."""
+        """The bias corrections as factors, (1 / (1 - beta_1^t), 1 / (1 - beta_2^t)), or
+        (1, 1) without bias correction: scalars, so that each element is multiplied,
+        not divided."""
         if not self.bias_correction:
             return ops.ones((), dtype), ops.ones((), dtype)
-        return 1 - ops.power(self.hyper(self.beta_1, dtype), t), 1 - ops.power(
-            self.hyper(self.beta_2, dtype), t
-        )
+        beta_1, beta_2 = self.hyper(self.beta_1, dtype), self.hyper(self.beta_2, dtype)
+        return 1 / (1 - ops.power(beta_1, t)), 1 / (1 - ops.power(beta_2, t))
 
     def _rate(self, lr, v_hat, correction_2):
         """eta / (sqrt(v_hat) + eps_hat), eps_hat = eps / sqrt(1 - beta_2^t) if epsilon_hat."""
         eps = self.hyper(self.epsilon, v_hat.dtype)
-        eps_hat = eps / ops.sqrt(correction_2) if self.epsilon_hat else eps
+        eps_hat = eps * ops.sqrt(correction_2) if self.epsilon_hat else eps
         return lr / (ops.sqrt(v_hat) + eps_hat)
 
     def update_step(self, gradient, variable, learning_rate):
@@ -123,20 +124,19 @@ class Adam(OptlabOptimizer):
         v_t = beta_2 * v + (1 - beta_2) * ops.square(g)  # second moment
         self.assign(m, m_t)
         self.assign(v, v_t)
-        # bias corrections, as multiplications by 1/(1 - beta^t): one division per element, not three
-        v_hat = v_t * (1 / correction_2)
+        v_hat = v_t * correction_2  # bias corrections
         if self.amsgrad:  # running maximum of v (raw) or of v_hat (corrected)
             v_max = self.slot("v_max", variable)
             v_max_t = self.maximum(v_max, v_t if self.amsgrad_max == "raw" else v_hat)
             self.assign(v_max, v_max_t)
-            v_hat = v_max_t * (1 / correction_2) if self.amsgrad_max == "raw" else v_max_t
-        self.assign_sub(variable, self._rate(lr, v_hat, correction_2) * (m_t * (1 / correction_1)))
+            v_hat = v_max_t * correction_2 if self.amsgrad_max == "raw" else v_max_t
+        self.assign_sub(variable, self._rate(lr, v_hat, correction_2) * (m_t * correction_1))
 
     def _rate_of_state(self, state, lr, t):
         _, correction_2 = self._corrections(t, lr.dtype)
         if self.amsgrad and self.amsgrad_max == "corrected":
             return self._rate(lr, state["v_max"], correction_2)
-        return self._rate(lr, state["v_max" if self.amsgrad else "v"] * (1 / correction_2), correction_2)
+        return self._rate(lr, state["v_max" if self.amsgrad else "v"] * correction_2, correction_2)
 
     def initial_mask_from_state(self, state, variable):
         return ops.equal(state["v"], 0)
