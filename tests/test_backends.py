@@ -1,6 +1,6 @@
 """The other Keras backends. Each runs in a fresh process, since a process holds one
 backend: the optimizer tests (`test_rules.py`, `test_fit_references.py`, which are
-backend-neutral) under JAX and PyTorch, and Keras' DataParallel on JAX."""
+backend-neutral) and `test_layouts.py` under JAX and PyTorch, and Keras' DataParallel on JAX."""
 
 import os
 import subprocess
@@ -12,7 +12,7 @@ import pytest
 import keras_optlab as ko
 
 ROOT = Path(__file__).resolve().parent.parent
-NEUTRAL = ["tests/test_rules.py", "tests/test_fit_references.py"]
+NEUTRAL = ["tests/test_rules.py", "tests/test_fit_references.py", "tests/test_layouts.py"]
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])

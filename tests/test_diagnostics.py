@@ -144,6 +144,24 @@ def test_adagrad_tags_and_values_match_the_state(tmp_path):
     assert last(events, "gradient_norm/model") == pytest.approx(norm, rel=1e-3)
 
 
+@pytest.mark.parametrize("cls", [ko.RMSProp, ko.Adam])
+def test_flat_slots_are_read_per_variable(cls, tmp_path):
+    """Slots in flat buffers (`flat_slots=True`) give the same tags and values as slots
+    per variable: the callback reads each variable's view of the buffers."""
+    runs = {}
+    for flat in (False, True):
+        momentum = {"momentum": 0.5} if cls is ko.RMSProp else {}  # a slot read as momentum
+        model = _model(cls(learning_rate=0.01, flat_slots=flat, **momentum))
+        _fit(model, [OptimizerDiagnostics(tmp_path / str(flat), every_n_steps=2, histogram_every_n_steps=4)])
+        runs[flat] = read_run(tmp_path / str(flat) / "optimizer")
+    assert set(runs[True]) == set(runs[False]) == _expected_tags(momentum=True, cache=True)
+    for tag, events in runs[False].items():
+        if not tag.startswith(("_hparams_", "custom_scalars")):
+            for (step, a), (step_flat, b) in zip(events, runs[True][tag], strict=True):
+                assert step == step_flat
+                np.testing.assert_allclose(b, a, rtol=1e-6, err_msg=tag)
+
+
 BUILTINS = [
     ("sgd-momentum", lambda: keras.optimizers.SGD(0.05, momentum=0.9), True, False),
     ("sgd-nesterov", lambda: keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True), True, False),

@@ -30,6 +30,7 @@ COMMON = [
         "`coupled_weight_decay` must be a bool. Received: coupled_weight_decay=1",
     ),
     ("fused_update", "no", TypeError, "`fused_update` must be a bool. Received: fused_update='no'"),
+    ("flat_slots", 1, TypeError, "`flat_slots` must be a bool. Received: flat_slots=1"),
     ("clipnorm", 0.0, ValueError, "`clipnorm` must be a finite number in (0, inf). Received: clipnorm=0.0"),
     ("clipnorm", -1.0, ValueError, "Received: clipnorm=-1.0"),
     ("clipvalue", INF, ValueError, "Received: clipvalue=inf"),

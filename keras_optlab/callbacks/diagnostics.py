@@ -227,7 +227,8 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         for variable in self._variables:
             entry = {"weight": tf.identity(variable.value)}
             if reader.twin is not None and self._one_step_window:
-                entry.update({k: tf.identity(v.value) for k, v in reader.state(variable).items()})
+                state = reader.state(variable)  # slot variables, or views of flat buffers
+                entry.update({k: tf.identity(tf.convert_to_tensor(v)) for k, v in state.items()})
             out.append(entry)
         return out
 

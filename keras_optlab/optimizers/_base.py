@@ -6,12 +6,15 @@ plumbing around it, so that a reader of `adam.py` sees Adam and nothing else.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_optlab.optimizers import _sparse
+from keras_optlab.optimizers._groups import Group
 from keras_optlab.optimizers._validation import (
     check_bool,
     check_float,
@@ -20,8 +23,10 @@ from keras_optlab.optimizers._validation import (
 )
 
 _SIXTEEN_BIT = ("float16", "bfloat16")
-#: Variables smaller than this update op by op: launching an XLA cluster costs more
-#: than it saves on them (bench/optimizer_step.py, regime b: 2x slower at 1,000 elements).
+#: Variables smaller than this are "small": they are updated together, as one vector
+#: per dtype (`_groups`), where larger ones are each compiled as one XLA cluster
+#: (launching a cluster costs more than it saves on a small variable:
+#: bench/optimizer_step.py, regime b, 2x slower at 1,000 elements).
 FUSE_MIN_SIZE = 65_536
 FRAMEWORKS = ("keras", "pytorch", "optax")
 _FRAMEWORK_ALIASES = {"torch": "pytorch", "tf": "keras", "tensorflow": "keras"}
@@ -39,9 +44,18 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
       coupled L2 term to the gradient instead, `g += weight_decay * w`, before
       anything else in the rule (as `torch.optim.SGD`, `Adagrad`, `RMSprop` and
       `Adam` do).
-    - `fused_update`: True (default) compiles each variable's update as one XLA
-      cluster on the TensorFlow backend (see `_backend_update_step`); False runs the
-      rule op by op, as Keras' own optimizers do in graph mode.
+    - `fused_update`: True (default) updates the small variables (under
+      `FUSE_MIN_SIZE` elements) of each dtype together, as one vector, and on the
+      TensorFlow backend compiles each larger variable's update as one XLA cluster
+      (see `_backend_update_step`); False runs the rule op by op on each variable,
+      as Keras' own optimizers do in graph mode.
+    - `flat_slots`: False (default) keeps one slot variable per model variable and
+      slot, as Keras does. True keeps the slots of the small variables in one flat
+      buffer per dtype (and weight-decay class) and slot, which spares the update
+      the gathering and scattering of their slots: `optimizer.variables` and saved
+      files then hold those buffers, `slot()` and `state()` still answer per
+      variable (with read-only views into them), and an optimizer saved in one
+      layout loads into the other. Not under a `tf.distribute` strategy.
 
     Variables of 16 bits (float16, bfloat16) keep their slots in float32 and have
     their update computed in float32, so that epsilon (1e-8 is 0 in float16) never
@@ -62,6 +76,7 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         learning_rate,
         coupled_weight_decay=False,
         fused_update=True,
+        flat_slots=False,
         weight_decay=None,
         clipnorm=None,
         clipvalue=None,
@@ -78,6 +93,7 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
             raise TypeError(f"`name` must be a string or None. Received: name={name!r}")
         coupled_weight_decay = check_bool("coupled_weight_decay", coupled_weight_decay)
         fused_update = check_bool("fused_update", fused_update)
+        flat_slots = check_bool("flat_slots", flat_slots)
         super().__init__(
             learning_rate=check_learning_rate(learning_rate),
             weight_decay=check_float("weight_decay", weight_decay, "[0, inf)", allow_none=True),
@@ -100,7 +116,10 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         )
         self.coupled_weight_decay = coupled_weight_decay
         self.fused_update = fused_update
+        self.flat_slots = flat_slots
         self._fused = {}  # variable key -> its update compiled as one XLA cluster
+        self._in_group = None  # the Group being updated, during its update_step
+        self._gathered = {}  # id of a group's gathered slot -> (that value, the slots)
 
     @classmethod
     def like(cls, framework: str, **overrides):
@@ -135,8 +154,17 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
     def build(self, var_list):
         if self.built:
             return
+        if self.flat_slots:
+            _refuse_strategy()
         super().build(var_list)
-        self._slots = {}
+        self._slots = {}  # slot name -> one variable per model variable (None: in a buffer)
+        self._buffers = {}  # slot name -> one flat buffer per group (flat_slots only)
+        self._flat_groups = self._make_groups(var_list) if self.flat_slots else []
+        self._flat_place = {
+            self._var_key(variable): (group, position)
+            for group in self._flat_groups
+            for position, variable in enumerate(group.variables)
+        }
         self.build_slots(var_list)
 
     def build_slots(self, var_list):
@@ -144,16 +172,25 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
 
     def add_slots(self, var_list, name: str, initial_value: float = 0.0):
         """One slot per variable, filled with `initial_value` (exact at any dtype),
-        at the variable's dtype (float32 for 16-bit ones)."""
+        at the variable's dtype (float32 for 16-bit ones); with `flat_slots`, one
+        flat buffer per group of small variables instead of theirs."""
 
         def initializer(shape, dtype=None):
             return ops.full(shape, ops.convert_to_tensor(initial_value, dtype), dtype=dtype)
 
+        own = [v for v in var_list if self._var_key(v) not in self._flat_place]
         self._upcast_16bit = True
         try:
-            self._slots[name] = self.add_optimizer_variables(var_list, name, initializer)
+            slots = iter(self.add_optimizer_variables(own, name, initializer))
         finally:
             self._upcast_16bit = False
+        self._slots[name] = [None if self._var_key(v) in self._flat_place else next(slots) for v in var_list]
+        self._buffers[name] = [
+            self.add_variable(
+                group.shape, initializer, dtype=self.compute_dtype(group), name=f"{name}_{group.name}"
+            )
+            for group in self._flat_groups
+        ]
 
     def add_variable(self, *args, **kwargs):
         if getattr(self, "_upcast_16bit", False) and str(kwargs.get("dtype")) in _SIXTEEN_BIT:
@@ -161,19 +198,30 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         return super().add_variable(*args, **kwargs)
 
     def slot(self, name: str, variable):
-        """The optimizer variable `name` (e.g. "cache") that belongs to `variable`."""
+        """The optimizer variable `name` (e.g. "cache") that belongs to `variable`.
+
+        With `flat_slots`, for a small variable: a read-only view (a tensor) of its
+        part of the flat buffer.
+        """
+        if isinstance(variable, Group):
+            return self._group_slot(name, variable)
         self._require_built()
+        place = self._flat_place.get(self._var_key(variable))
+        if place is not None:
+            group, position = place
+            return group.view(self._buffers[name][group.index], position)
         return self._slots[name][self._get_variable_index(variable)]
 
     def state(self, variable) -> dict:
-        """The optimizer's state of `variable`: a dict from slot name to variable.
+        """The optimizer's state of `variable`: a dict from slot name to variable
+        (to a read-only view, for a small variable with `flat_slots`).
 
         Empty for SGD, `{"velocity"}` for Momentum and NAG, `{"cache"}` for Adagrad,
         `{"cache", "mean_gradient", "momentum"}` for RMSProp (the last two when
         centered or with momentum), `{"m", "v", "v_max"}` for Adam (v_max with amsgrad).
         """
         self._require_built()
-        return {name: slots[self._get_variable_index(variable)] for name, slots in self._slots.items()}
+        return {name: self.slot(name, variable) for name in self._slots}
 
     def effective_learning_rate(self, variable, learning_rate=None):
         """The per-element factor that multiplies the rule's direction, shaped as `variable`.
@@ -261,9 +309,9 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
                 gradient = _sparse.to_dense(gradient)
         g = ops.cast(gradient, dtype)
         if decay and self.coupled_weight_decay:
-            g = g + self.hyper(decay, dtype) * ops.cast(variable, dtype)  # g += wd * w
+            g = g + self.hyper(decay, dtype) * self.read(variable, None, dtype)  # g += wd * w
         elif decay:
-            self.assign_sub(variable, lr * self.hyper(decay, dtype) * ops.cast(variable, dtype))
+            self.assign_sub(variable, lr * self.hyper(decay, dtype) * self.read(variable, None, dtype))
         return g, lr, rows
 
     @staticmethod
@@ -275,7 +323,9 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
 
     @staticmethod
     def read(variable, rows, dtype):
-        """`variable` (or its `rows`) at `dtype`."""
+        """`variable` (or its `rows`) at `dtype`; a group's variables as one vector."""
+        if isinstance(variable, Group):
+            variable = variable.concat(variable.variables)
         value = variable if rows is None else ops.take(variable, rows, axis=0)
         return ops.cast(value, dtype)
 
@@ -287,16 +337,29 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
     def _apply_weight_decay(self, variables):
         """Keras' hook, a no-op here: `prepare` applies weight decay per variable."""
 
-    def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        """Runs `update_step` per variable; on TensorFlow (`fused_update=True`, no
-        distribution strategy, dense gradient, at least `FUSE_MIN_SIZE` elements)
-        compiled as one XLA cluster per variable.
+    def _use_weight_decay(self, variable):
+        if isinstance(variable, Group):
+            return variable.decays
+        return super()._use_weight_decay(variable)
 
-        The compiled update is the same `update_step`, so the same rule; XLA fuses its
-        element-wise chain into one pass over memory where TensorFlow's graph mode runs
-        one kernel per operation. Only float rounding can differ (fused multiply-adds).
-        Under a strategy the update goes through Keras' own distributed path.
+    # ------------------------------------------------------------ the step
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        """Runs `update_step` on the small variables in groups (`_groups`) where
+        `_groups_small` says so, then on each other variable; on TensorFlow
+        (`fused_update=True`, no distribution strategy, dense gradient) each of those
+        compiled as one XLA cluster.
+
+        A group runs the same `update_step` on the concatenation of its variables,
+        and the compiled update is the same `update_step`: the same rule, element by
+        element. XLA fuses its element-wise chain into one pass over memory where
+        TensorFlow's graph mode runs one kernel per operation; only float rounding
+        can differ (fused multiply-adds). Under a strategy the update goes through
+        Keras' own distributed path, variable by variable.
         """
+        if self.flat_slots:
+            _refuse_strategy()
+        if self._groups_small():
+            grads, trainable_variables = self._update_small(grads, trainable_variables, learning_rate)
         if not self._fusable():
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
         import tensorflow as tf
@@ -304,17 +367,124 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         learning_rate = tf.convert_to_tensor(learning_rate)
         for gradient, variable in zip(grads, trainable_variables, strict=True):
             variable = variable.value if isinstance(variable, keras.Variable) else variable
-            if _sparse.is_indexed_slices(gradient) or variable.shape.num_elements() < FUSE_MIN_SIZE:
+            if _sparse.is_indexed_slices(gradient):
                 self.update_step(gradient, variable, learning_rate)
             else:
                 self._fused_update_of(variable)(gradient, learning_rate)
 
+    def _groups_small(self) -> bool:
+        """Whether this step updates the small variables in groups.
+
+        Always where their slots live in flat buffers. Otherwise only in a TensorFlow
+        graph that XLA does not compile, and for a rule with slots: there one kernel
+        launch per operation dominates, and a group runs the rule's arithmetic once.
+        A rule without slots (SGD) has one multiplication to save per variable, less
+        than gathering its gradients costs; and under XLA each variable the step
+        writes costs more than the arithmetic, so that gathering and scattering the
+        slots only adds copies (bench/optimizer_step.py, regime b, and its floor).
+        """
+        if not self._slots:
+            return False
+        return self.flat_slots or (self._fusable() and not _in_xla_context())
+
+    def _make_groups(self, variables) -> list[Group]:
+        """The small variables, by dtype and weight-decay class, in their order."""
+        groups = {}
+        for variable in variables:
+            small = math.prod(variable.shape) < FUSE_MIN_SIZE
+            if not small or getattr(variable, "overwrite_with_gradient", False):
+                continue
+            dtype = str(keras.backend.standardize_dtype(variable.dtype))
+            decays = bool(self.weight_decay) and self._use_weight_decay(variable)
+            groups.setdefault((dtype, decays), []).append(variable)
+        out = []
+        for index, ((dtype, decays), members) in enumerate(groups.items()):
+            name = dtype if decays or not self.weight_decay else f"{dtype}_no_decay"
+            out.append(Group(members, decays, index, name))
+        return out
+
+    def _update_small(self, grads, variables, learning_rate):
+        """Runs `update_step` once per group of small variables; returns the others'
+        gradients and variables. A variable without a gradient is left as it is."""
+        groups = self._flat_groups if self.flat_slots else self._make_groups(variables)
+        place = {
+            self._var_key(variable): (group, position)
+            for group in groups
+            for position, variable in enumerate(group.variables)
+        }
+        gradients = {group.index: [None] * len(group) for group in groups}
+        rest = []
+        for gradient, variable in zip(grads, variables, strict=True):
+            if self._var_key(variable) in place:
+                group, position = place[self._var_key(variable)]
+                gradients[group.index][position] = gradient
+            else:
+                rest.append((gradient, variable))
+        for group in groups:
+            present = [g is not None for g in gradients[group.index]]
+            if not any(present):
+                continue
+            dtype = self.compute_dtype(group)
+            dense = [
+                ops.zeros(shape, dtype)
+                if g is None
+                else ops.cast(_sparse.to_dense(g) if _sparse.is_indexed_slices(g) else g, dtype)
+                for g, shape in zip(gradients[group.index], group.shapes, strict=True)
+            ]
+            group.present = None if all(present) else present
+            self._in_group = group
+            try:
+                self.update_step(group.concat(dense), group, learning_rate)
+            finally:
+                self._in_group, group.present = None, None
+                self._gathered.clear()
+        return [g for g, _ in rest], [v for _, v in rest]
+
+    def _group_slot(self, name, group):
+        """The slot `name` of a group's variables as one vector: the flat buffer, or
+        their slots gathered (and noted, so that a write to it is scattered back)."""
+        if self.flat_slots:
+            return self._buffers[name][group.index]
+        slots = [self._slots[name][self._get_variable_index(v)] for v in group.variables]
+        value = group.concat(slots)
+        self._gathered[id(value)] = (value, slots)
+        return value
+
+    # While a group is updated, a write to the group goes to its variables, a write
+    # to a gathered slot to those slots, and a write to a flat buffer only to the
+    # elements of variables that have a gradient in this step.
+    def assign(self, variable, value):
+        self._write("assign", variable, value)
+
+    def assign_add(self, variable, value):
+        self._write("assign_add", variable, value)
+
+    def assign_sub(self, variable, value):
+        self._write("assign_sub", variable, value)
+
+    def _write(self, how, variable, value):
+        write = getattr(super(), how)
+        group = self._in_group
+        if group is None:
+            return write(variable, value)
+        if variable is group:
+            targets = group.variables
+        elif id(variable) in self._gathered:
+            targets = self._gathered[id(variable)][1]
+        else:
+            if group.present is not None and any(variable is b[group.index] for b in self._buffers.values()):
+                kept = ops.convert_to_tensor(variable) if how == "assign" else ops.zeros_like(value)
+                value = ops.where(group.mask, value, kept)
+            return write(variable, value)
+        present = group.present or [True] * len(group)
+        for target, piece, here in zip(targets, group.split(value), present, strict=True):
+            if here:
+                write(target, piece)
+
     def _fusable(self) -> bool:
         if not self.fused_update or keras.backend.backend() != "tensorflow":
             return False
-        import tensorflow as tf
-
-        return not tf.distribute.has_strategy()
+        return not _under_tf_strategy()
 
     def _fused_update_of(self, variable):
         key = self._var_key(variable)
@@ -327,8 +497,94 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
             self._fused[key] = tf.function(update, jit_compile=True, autograph=False)
         return self._fused[key]
 
+    # ------------------------------------------------------- saving, loading
+    def load_own_variables(self, store):
+        """Keras' loading, which also takes an optimizer saved in the other slot layout
+        (`flat_slots`) for the same variables, and converts it."""
+        if self.built and not self._store_matches(store, self._slot_entries(self.flat_slots)):
+            other = self._slot_entries(not self.flat_slots)
+            if self._store_matches(store, other):
+                store = self._converted(store, other)
+        super().load_own_variables(store)
+
+    def _slot_entries(self, flat: bool):
+        """The slot variables in the order `optimizer.variables` holds them in layout
+        `flat`: (slot name, group or None, variable index), a group for a buffer."""
+        variables = self._trainable_variables
+        groups = self._make_groups(variables) if flat else []
+        grouped = {self._var_key(v) for group in groups for v in group.variables}
+        entries = []
+        for name, slots in self._slots.items():
+            for index, variable in enumerate(variables):
+                own = self._var_key(variable) not in grouped
+                if own and (slots[index] is not None or self._var_key(variable) in self._flat_place):
+                    entries.append((name, None, index))
+            entries.extend((name, group, None) for group in groups)
+        return entries
+
+    def _store_matches(self, store, entries) -> bool:
+        first = len(self.variables) - len(self._slot_entries(self.flat_slots))
+        if len(store.keys()) != first + len(entries):
+            return False
+        variables = self._trainable_variables
+        return all(
+            tuple(store[str(first + k)].shape) == (group.shape if group else tuple(variables[index].shape))
+            for k, (_, group, index) in enumerate(entries)
+        )
+
+    def _converted(self, store, entries):
+        """`store` (in the layout of `entries`) in this optimizer's layout."""
+        first = len(self.variables) - len(self._slot_entries(self.flat_slots))
+        values = {}  # (slot name, variable index) -> value
+        indices = {self._var_key(v): i for i, v in enumerate(self._trainable_variables)}
+        for k, (name, group, index) in enumerate(entries):
+            value = store[str(first + k)][...]
+            if group is None:
+                values[name, index] = value
+            else:
+                for position, variable in enumerate(group.variables):
+                    start, end = group.offsets[position], group.offsets[position + 1]
+                    part = value[start:end].reshape(group.shapes[position])
+                    values[name, indices[self._var_key(variable)]] = part
+        out = {str(k): store[str(k)][...] for k in range(first)}
+        for k, (name, group, index) in enumerate(self._slot_entries(self.flat_slots)):
+            if group is None:
+                out[str(first + k)] = values[name, index]
+            else:
+                parts = [values[name, indices[self._var_key(v)]].reshape(-1) for v in group.variables]
+                out[str(first + k)] = np.concatenate(parts)
+        return out
+
     def get_config(self):
         config = super().get_config()
         config["coupled_weight_decay"] = self.coupled_weight_decay
         config["fused_update"] = self.fused_update
+        config["flat_slots"] = self.flat_slots
         return config
+
+
+def _under_tf_strategy() -> bool:
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return tf.distribute.has_strategy()
+
+
+def _in_xla_context() -> bool:
+    """True while TensorFlow traces a function that XLA compiles whole (`jit_compile=True`)."""
+    try:
+        import tensorflow as tf
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover - a TensorFlow without this (private) helper
+        return False
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def _refuse_strategy():
+    if _under_tf_strategy():
+        raise ValueError(
+            "`flat_slots=True` cannot be used under a tf.distribute strategy: the flat buffers "
+            "are not distributed variables. Received: flat_slots=True inside "
+            f"{type(__import__('tensorflow').distribute.get_strategy()).__name__}'s scope."
+        )
