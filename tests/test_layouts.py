@@ -263,8 +263,9 @@ FEATURES = {
     "EMA": {"use_ema": True, "ema_overwrite_frequency": 3},
     "global clipnorm": {"global_clipnorm": 0.5},
     "loss scaling": {"loss_scale": True},
-    "XLA": {"jit_compile": True},
 }
+if TF:  # (on PyTorch jit_compile means torch.compile, a different matter)
+    FEATURES["XLA"] = {"jit_compile": True}
 
 
 @pytest.mark.parametrize("feature", FEATURES.values(), ids=FEATURES.keys())

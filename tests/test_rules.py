@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+import keras_optlab as ko
 from tests.cases import CASES, random_gradients, run, schedule
 
 STEPS = 220
@@ -61,6 +62,7 @@ def test_fused_update_is_the_same_rule(case, monkeypatch):
     from keras_optlab.optimizers import _base
 
     monkeypatch.setattr(_base, "FUSE_MIN_SIZE", 1)
+    monkeypatch.setattr(case.cls, "_kernel_step", lambda *args: False)  # the cluster, not a kernel
     grads = random_gradients(SHAPE, STEPS)
     w0 = np.random.default_rng(1).normal(size=SHAPE)
     sched = schedule(case.cls, STEPS)
@@ -69,3 +71,31 @@ def test_fused_update_is_the_same_rule(case, monkeypatch):
     assert len(optimizer._fused) == 1  # the update did go through the compiled cluster
     plain, _ = run(case.optimizer(learning_rate=sched, fused_update=False), w0, grads, "float64")
     np.testing.assert_allclose(fused, plain, rtol=1e-12, atol=1e-14)
+
+
+# Where a fused kernel computes the rule: Adam without amsgrad, Adagrad with epsilon
+# outside the root.
+KERNEL_CASES = [case for case in CASES if case.cls is ko.Adam and not case.kwargs.get("amsgrad")] + [
+    case for case in CASES if case.cls is ko.Adagrad and not case.kwargs.get("epsilon_inside_sqrt")
+]
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the kernels are TensorFlow's")
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=lambda c: c.id)
+def test_fused_kernel_is_the_same_rule(case, monkeypatch):
+    """TensorFlow's fused kernel against the op-by-op rule, in float64 with a schedule:
+    float rounding apart, equal (the kernel orders its arithmetic otherwise)."""
+    from keras_optlab.optimizers import _base
+
+    monkeypatch.setattr(_base, "FUSE_MIN_SIZE", 1)
+    calls = []
+    kernel_step = case.cls._kernel_step
+    monkeypatch.setattr(case.cls, "_kernel_step", lambda *args: calls.append(1) or kernel_step(*args))
+    grads = random_gradients(SHAPE, STEPS)
+    w0 = np.random.default_rng(1).normal(size=SHAPE)
+    sched = schedule(case.cls, STEPS)
+    optimizer = case.optimizer(learning_rate=sched)
+    fused, _ = run(optimizer, w0, grads, "float64")
+    assert calls and not optimizer._fused  # the kernel took the steps, no XLA cluster
+    plain, _ = run(case.optimizer(learning_rate=sched, fused_update=False), w0, grads, "float64")
+    np.testing.assert_allclose(fused, plain, rtol=1e-11, atol=1e-14)

@@ -347,7 +347,8 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         """Runs `update_step` on the small variables in groups (`_groups`) where
         `_groups_small` says so, then on each other variable; on TensorFlow
         (`fused_update=True`, no distribution strategy, dense gradient) each of those
-        compiled as one XLA cluster.
+        through a fused training kernel where one computes the rule
+        (`_kernel_step`), else compiled as one XLA cluster.
 
         A group runs the same `update_step` on the concatenation of its variables,
         and the compiled update is the same `update_step`: the same rule, element by
@@ -365,12 +366,20 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         import tensorflow as tf
 
         learning_rate = tf.convert_to_tensor(learning_rate)
+        kernels = not _in_xla_context()  # under XLA, XLA fuses the rule itself
         for gradient, variable in zip(grads, trainable_variables, strict=True):
             variable = variable.value if isinstance(variable, keras.Variable) else variable
             if _sparse.is_indexed_slices(gradient):
                 self.update_step(gradient, variable, learning_rate)
-            else:
+            elif not (kernels and self._kernel_step(gradient, variable, learning_rate)):
                 self._fused_update_of(variable)(gradient, learning_rate)
+
+    def _kernel_step(self, gradient, variable, learning_rate) -> bool:
+        """Takes the step of a large variable through one of TensorFlow's fused
+        training kernels and returns True, where a kernel computes exactly the
+        configured rule; False (nothing done) elsewhere. Overridden by rules that have
+        such a kernel; a test holds each to its `update_step` over whole trajectories."""
+        return False
 
     def _groups_small(self) -> bool:
         """Whether this step updates the small variables in groups.

@@ -95,6 +95,26 @@ class Adagrad(OptlabOptimizer):
         rate = self._rate(lr, c, self.step_count(g.dtype) if self.lr_decay else None)
         self.assign_sub(variable, self.at_rows(rate * g, rows))  # w -= rate * g
 
+    def _kernel_step(self, gradient, variable, learning_rate):
+        """The same step through TensorFlow's `ResourceApplyAdagradV2` kernel,
+        `c += g^2; w -= lr g / (sqrt(c) + eps)`, at the decayed learning rate. Only with
+        epsilon outside the root, and not for 16-bit variables (float32 cache)."""
+        if self.epsilon_inside_sqrt or self.compute_dtype(variable) != variable.dtype.name:
+            return False
+        import tensorflow as tf
+
+        g, lr, _ = self.prepare(gradient, variable, learning_rate)
+        if self.lr_decay:
+            lr = lr / (1 + (self.step_count(g.dtype) - 1) * self.hyper(self.lr_decay, g.dtype))
+        tf.raw_ops.ResourceApplyAdagradV2(
+            var=variable.handle,
+            accum=self.slot("cache", variable).value.handle,
+            lr=lr,
+            epsilon=self.hyper(self.epsilon, g.dtype),
+            grad=g,
+        )
+        return True
+
     def _rate_of_state(self, state, lr, t):
         return self._rate(lr, state["cache"], t)
 

@@ -132,6 +132,39 @@ class Adam(OptlabOptimizer):
             v_hat = v_max_t * correction_2 if self.amsgrad_max == "raw" else v_max_t
         self.assign_sub(variable, self._rate(lr, v_hat, correction_2) * (m_t * correction_1))
 
+    def _kernel_step(self, gradient, variable, learning_rate):
+        """The same step through TensorFlow's `ResourceApplyAdam` kernel, which computes
+        `w -= alpha m / (sqrt(v) + eps')` with `alpha = lr sqrt(1 - p_2) / (1 - p_1)`
+        for beta powers `p_1, p_2` (0 without bias correction): the rule above with
+        `eps' = eps_hat sqrt(1 - p_2)`. Not for amsgrad, nor for 16-bit variables (whose
+        slots are float32)."""
+        if self.amsgrad or self.compute_dtype(variable) != variable.dtype.name:
+            return False
+        import tensorflow as tf
+
+        g, lr, _ = self.prepare(gradient, variable, learning_rate)
+        beta_1, beta_2 = self.hyper(self.beta_1, g.dtype), self.hyper(self.beta_2, g.dtype)
+        t = self.step_count(g.dtype)
+        p_1, p_2 = (ops.power(beta_1, t), ops.power(beta_2, t)) if self.bias_correction else (0.0, 0.0)
+        p_1, p_2 = ops.cast(p_1, g.dtype), ops.cast(p_2, g.dtype)
+        eps = self.hyper(self.epsilon, g.dtype)
+        if self.bias_correction and not self.epsilon_hat:
+            eps = eps * ops.sqrt(1 - p_2)
+        m, v = (self.slot(name, variable) for name in ("m", "v"))
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle,
+            m=m.value.handle,
+            v=v.value.handle,
+            beta1_power=p_1,
+            beta2_power=p_2,
+            lr=lr,
+            beta1=beta_1,
+            beta2=beta_2,
+            epsilon=eps,
+            grad=g,
+        )
+        return True
+
     def _rate_of_state(self, state, lr, t):
         _, correction_2 = self._corrections(t, lr.dtype)
         if self.amsgrad and self.amsgrad_max == "corrected":
