@@ -369,8 +369,8 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         kernels = not _in_xla_context()  # under XLA, XLA fuses the rule itself
         for gradient, variable in zip(grads, trainable_variables, strict=True):
             variable = variable.value if isinstance(variable, keras.Variable) else variable
-            if _sparse.is_indexed_slices(gradient):
-                self.update_step(gradient, variable, learning_rate)
+            if _sparse.is_indexed_slices(gradient) or variable.shape.num_elements() < FUSE_MIN_SIZE:
+                self.update_step(gradient, variable, learning_rate)  # (a small one not in a group)
             elif not (kernels and self._kernel_step(gradient, variable, learning_rate)):
                 self._fused_update_of(variable)(gradient, learning_rate)
 
