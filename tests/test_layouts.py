@@ -106,9 +106,11 @@ def test_which_path_the_small_variables_take(cls):
     (for a rule with slots), one by one under XLA and on the other backends."""
     has_slots = cls is not ko.SGD
     *_, flat = _trajectory(cls(flat_slots=True))
-    *_, default = _trajectory(cls())
+    optimizer = cls()
+    *_, default = _trajectory(optimizer)
     assert (Group in flat) == has_slots
     assert (Group in default) == (has_slots and TF)
+    assert len(optimizer._fused) <= 1  # an XLA cluster for the large variable only, if any
     if TF:
         *_, xla = _trajectory(cls(), jit=True)
         assert Group not in xla

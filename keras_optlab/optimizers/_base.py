@@ -361,17 +361,16 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
             _refuse_strategy()
         if self._groups_small():
             grads, trainable_variables = self._update_small(grads, trainable_variables, learning_rate)
-        if not self._fusable():
+        if not self._fusable() or _in_xla_context():  # under XLA, XLA fuses the rule itself
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
         import tensorflow as tf
 
         learning_rate = tf.convert_to_tensor(learning_rate)
-        kernels = not _in_xla_context()  # under XLA, XLA fuses the rule itself
         for gradient, variable in zip(grads, trainable_variables, strict=True):
             variable = variable.value if isinstance(variable, keras.Variable) else variable
             if _sparse.is_indexed_slices(gradient) or variable.shape.num_elements() < FUSE_MIN_SIZE:
                 self.update_step(gradient, variable, learning_rate)  # (a small one not in a group)
-            elif not (kernels and self._kernel_step(gradient, variable, learning_rate)):
+            elif not self._kernel_step(gradient, variable, learning_rate):
                 self._fused_update_of(variable)(gradient, learning_rate)
 
     def _kernel_step(self, gradient, variable, learning_rate) -> bool:
