@@ -1,6 +1,7 @@
 """Optimizer step time against Keras' built-in optimizers, measured in the same run.
 
     python bench/optimizer_step.py [--repeats 15] [--json bench/results.json]
+        [--regimes abc] [--modes graph,xla] [--optimizers SGD,Adam] [--steps N]
 
 For each keras_optlab optimizer in its Keras convention (`Cls.like("keras")`, the
 same rule as its Keras counterpart) and at its own defaults, the time of one
@@ -178,6 +179,8 @@ def main(argv=None):
     parser.add_argument(
         "--optimizers", default=",".join(PAIRS), help="comma-separated, from " + ",".join(PAIRS)
     )
+    parser.add_argument("--modes", default="graph,xla", help="comma-separated, from graph,xla")
+    parser.add_argument("--steps", type=int, default=None, help="steps a sample (default: 3 in (a), else 30)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
@@ -188,7 +191,7 @@ def main(argv=None):
     for regime in args.regimes:
         shapes = regime_shapes(regime)
         n_params = sum(int(np.prod(s)) for s in shapes)
-        steps = 3 if regime == "a" else 30
+        steps = args.steps or (3 if regime == "a" else 30)
         print(
             f"\nregime ({regime}): {n_params:,} parameters in {len(shapes)} tensors; {steps} steps a sample"
         )
@@ -204,7 +207,7 @@ def main(argv=None):
         for name, (ours, theirs, cls) in PAIRS.items():
             if name not in args.optimizers.split(","):
                 continue
-            for mode in ("graph", "xla"):
+            for mode in args.modes.split(","):
                 jit = mode == "xla"
                 a = Stepper(ours(), shapes, jit, steps)
                 b = Stepper(theirs(), shapes, jit, steps)

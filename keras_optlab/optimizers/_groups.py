@@ -6,7 +6,9 @@ its rule once per small variable spends its time on launches (bench/optimizer_st
 regime b: 200 variables of 1,000). The rules are element-wise, so the small
 variables of one dtype can run the rule once, on the concatenation of their
 gradients and slots, and have the result split back: the same arithmetic on each
-element, a few dozen launches instead of a few thousand.
+element, launched once instead of once per variable. What remains per variable is
+reading and writing it and its slots, which bounds the gain (the benchmark's
+"ceiling"); with the slots in flat buffers, only the variable itself remains.
 
 A `Group` stands for such a set of variables in `update_step`: it is passed where
 the rule expects its variable, and the optimizer's `slot`, `read` and `assign*`
