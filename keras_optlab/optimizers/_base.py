@@ -590,9 +590,13 @@ def _in_xla_context() -> bool:
 
 
 def _refuse_strategy():
-    if _under_tf_strategy():
-        raise ValueError(
-            "`flat_slots=True` cannot be used under a tf.distribute strategy: the flat buffers "
-            "are not distributed variables. Received: flat_slots=True inside "
-            f"{type(__import__('tensorflow').distribute.get_strategy()).__name__}'s scope."
-        )
+    """A ValueError under a tf.distribute strategy: flat buffers are not distributed variables."""
+    if not _under_tf_strategy():
+        return
+    import tensorflow as tf
+
+    strategy = type(tf.distribute.get_strategy()).__name__
+    raise ValueError(
+        "`flat_slots=True` cannot be used under a tf.distribute strategy: the flat buffers "
+        f"are not distributed variables. Received: flat_slots=True inside {strategy}'s scope."
+    )
