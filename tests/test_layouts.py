@@ -102,14 +102,15 @@ def test_every_layout_takes_the_same_steps(case):
 
 @pytest.mark.parametrize("cls", OPTIMIZERS, ids=lambda c: c.__name__)
 def test_which_path_the_small_variables_take(cls):
-    """With flat slots always as groups; by default as groups in a TensorFlow graph
-    (for a rule with slots), one by one under XLA and on the other backends."""
+    """With flat slots always as groups (for a rule with slots); by default as groups
+    in a TensorFlow graph for RMSProp and Adam, one by one under XLA, on the other
+    backends, and for the others."""
     has_slots = cls is not ko.SGD
     *_, flat = _trajectory(cls(flat_slots=True))
     optimizer = cls()
     *_, default = _trajectory(optimizer)
     assert (Group in flat) == has_slots
-    assert (Group in default) == (has_slots and TF)
+    assert (Group in default) == (cls in (ko.RMSProp, ko.Adam) and TF)
     assert len(optimizer._fused) <= 1  # an XLA cluster for the large variable only, if any
     if TF:
         *_, xla = _trajectory(cls(), jit=True)

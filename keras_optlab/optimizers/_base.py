@@ -70,6 +70,10 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
     #: True where a zero gradient leaves a row of the weights and slots unchanged,
     #: so that a sparse gradient may update only the rows it touches.
     _row_local: ClassVar[bool] = False
+    #: True where the rule does enough arithmetic per element that running it once
+    #: for all small variables beats running it per variable in a TensorFlow graph,
+    #: gathering and scattering the slots included (see `_groups_small`).
+    _group_small: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -383,17 +387,20 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
     def _groups_small(self) -> bool:
         """Whether this step updates the small variables in groups.
 
-        Always where their slots live in flat buffers. Otherwise only in a TensorFlow
-        graph that XLA does not compile, and for a rule with slots: there one kernel
-        launch per operation dominates, and a group runs the rule's arithmetic once.
-        A rule without slots (SGD) has one multiplication to save per variable, less
-        than gathering its gradients costs; and under XLA each variable the step
-        writes costs more than the arithmetic, so that gathering and scattering the
-        slots only adds copies (bench/optimizer_step.py, regime b, and its floor).
+        Always where their slots live in flat buffers (and there are slots). In the
+        default layout only for a rule that does much arithmetic per element
+        (`_group_small`: RMSProp, Adam), in a TensorFlow graph that XLA does not
+        compile: there one kernel launch per operation dominates, and a group
+        launches the rule's arithmetic once. Where the rule does little (SGD,
+        Momentum, NAG, Adagrad), gathering and scattering the slots costs as much as
+        it saves; under XLA each tensor the step writes costs more than the whole
+        arithmetic (bench/optimizer_step.py, regime b, and its ceilings).
         """
         if not self._slots:
             return False
-        return self.flat_slots or (self._fusable() and not _in_xla_context())
+        if self.flat_slots:
+            return True
+        return self._group_small and self._fusable() and not _in_xla_context()
 
     def _make_groups(self, variables) -> list[Group]:
         """The small variables, by dtype and weight-decay class, in their order."""

@@ -66,6 +66,8 @@ class Adam(OptlabOptimizer):
         "optax": {"epsilon": 1e-8, "epsilon_hat": False, "amsgrad_max": "corrected"},
     }
 
+    _group_small = True  # its many element-wise operations launched once for all small variables
+
     def __init__(
         self,
         learning_rate=0.001,

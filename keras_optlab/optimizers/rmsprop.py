@@ -54,6 +54,8 @@ class RMSProp(OptlabOptimizer):
         "optax": {"rho": 0.9, "epsilon": 1e-8, "epsilon_inside_sqrt": True, "lr_in_momentum": True},
     }
 
+    _group_small = True  # its many element-wise operations launched once for all small variables
+
     def __init__(
         self,
         learning_rate=0.001,
