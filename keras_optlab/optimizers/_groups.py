@@ -8,7 +8,8 @@ variables of one dtype can run the rule once, on the concatenation of their
 gradients and slots, and have the result split back: the same arithmetic on each
 element, launched once instead of once per variable. What remains per variable is
 reading and writing it and its slots, which bounds the gain (the benchmark's
-"ceiling"); with the slots in flat buffers, only the variable itself remains.
+"ceiling"); with the slots in flat buffers, only the variable itself remains. Which
+steps group, and why only those: `OptlabOptimizer._groups_small`.
 
 A `Group` stands for such a set of variables in `update_step`: it is passed where
 the rule expects its variable, and the optimizer's `slot`, `read` and `assign*`
