@@ -23,10 +23,10 @@ from keras_optlab.optimizers._validation import (
 )
 
 _SIXTEEN_BIT = ("float16", "bfloat16")
-#: Variables smaller than this are "small": they are updated together, as one vector
-#: per dtype (`_groups`), where larger ones are each compiled as one XLA cluster
-#: (launching a cluster costs more than it saves on a small variable:
-#: bench/optimizer_step.py, regime b, 2x slower at 1,000 elements).
+#: Variables smaller than this are "small": they step op by op, or together as one
+#: vector per dtype where `_groups_small` says so, while larger ones each step through a
+#: fused kernel or one XLA cluster (launching a cluster costs more than it saves on a
+#: small variable: bench/optimizer_step.py, regime b, 2x slower at 1,000 elements).
 FUSE_MIN_SIZE = 65_536
 FRAMEWORKS = ("keras", "pytorch", "optax")
 _FRAMEWORK_ALIASES = {"torch": "pytorch", "tf": "keras", "tensorflow": "keras"}
@@ -44,11 +44,11 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
       coupled L2 term to the gradient instead, `g += weight_decay * w`, before
       anything else in the rule (as `torch.optim.SGD`, `Adagrad`, `RMSprop` and
       `Adam` do).
-    - `fused_update`: True (default) updates the small variables (under
-      `FUSE_MIN_SIZE` elements) of each dtype together, as one vector, and on the
-      TensorFlow backend compiles each larger variable's update as one XLA cluster
-      (see `_backend_update_step`); False runs the rule op by op on each variable,
-      as Keras' own optimizers do in graph mode.
+    - `fused_update`: True (default), on the TensorFlow backend outside XLA, steps
+      each variable of `FUSE_MIN_SIZE` elements or more through a fused training
+      kernel or one XLA cluster, and (RMSProp, Adam) the smaller ones of each dtype
+      together, as one vector (see `_backend_update_step`); False runs the rule op by
+      op on each variable, as Keras' own optimizers do in graph mode.
     - `flat_slots`: False (default) keeps one slot variable per model variable and
       slot, as Keras does. True keeps the slots of the small variables in one flat
       buffer per dtype (and weight-decay class) and slot, which spares the update
