@@ -162,6 +162,17 @@ def test_float16_variables_share_a_float32_group(layout):
     assert all(s.dtype == np.float32 for state in got[1] for s in state.values())
 
 
+@pytest.mark.parametrize("cls", [ko.Adagrad, ko.Adam], ids=lambda c: c.__name__)
+def test_a_large_float16_variable_takes_no_kernel_and_steps_in_float32(cls):
+    """The fused kernels want slots at the variable's dtype; a float16 variable's are
+    float32, so its step goes through the compiled rule (the same numbers, float16
+    rounding apart)."""
+    shapes = [(5,), SHAPES[-1]]  # (the large one goes without a gradient at times)
+    got = _trajectory(cls(), "float16", shapes=shapes)
+    want = _trajectory(cls(fused_update=False), "float16", shapes=shapes)
+    _assert_same(got, want, rtol=1e-3, atol=1e-3)
+
+
 def _one_step(optimizer, gradient):
     """One step on a (4, 2) variable with `gradient` and a (3,) one: two small ones."""
     import tensorflow as tf

@@ -164,11 +164,7 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         self._slots = {}  # slot name -> one variable per model variable (None: in a buffer)
         self._buffers = {}  # slot name -> one flat buffer per group (flat_slots only)
         self._flat_groups = self._make_groups(var_list) if self.flat_slots else []
-        self._flat_place = {
-            self._var_key(variable): (group, position)
-            for group in self._flat_groups
-            for position, variable in enumerate(group.variables)
-        }
+        self._flat_place = self._places(self._flat_groups)
         self.build_slots(var_list)
 
     def build_slots(self, var_list):
@@ -374,14 +370,22 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
             variable = variable.value if isinstance(variable, keras.Variable) else variable
             if _sparse.is_indexed_slices(gradient) or variable.shape.num_elements() < FUSE_MIN_SIZE:
                 self.update_step(gradient, variable, learning_rate)  # (a small one not in a group)
-            elif not self._kernel_step(gradient, variable, learning_rate):
+            elif self._kernel_slots_fit(variable) and self._kernel_step(gradient, variable, learning_rate):
+                continue  # taken by a fused kernel
+            else:
                 self._fused_update_of(variable)(gradient, learning_rate)
+
+    def _kernel_slots_fit(self, variable) -> bool:
+        """A fused kernel takes slots at its variable's dtype: not those of a 16-bit
+        variable, whose slots are float32."""
+        return self.compute_dtype(variable) == variable.dtype.name
 
     def _kernel_step(self, gradient, variable, learning_rate) -> bool:
         """Takes the step of a large variable through one of TensorFlow's fused
         training kernels and returns True, where a kernel computes exactly the
         configured rule; False (nothing done) elsewhere. Overridden by rules that have
-        such a kernel; a test holds each to its `update_step` over whole trajectories."""
+        such a kernel; a test holds each to its `update_step` over whole trajectories.
+        Called only where the slots have the variable's dtype (`_kernel_slots_fit`)."""
         return False
 
     def _groups_small(self) -> bool:
@@ -418,15 +422,22 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
             out.append(Group(members, decays, index, name))
         return out
 
-    def _update_small(self, grads, variables, learning_rate):
-        """Runs `update_step` once per group of small variables; returns the others'
-        gradients and variables. A variable without a gradient is left as it is."""
-        groups = self._flat_groups if self.flat_slots else self._make_groups(variables)
-        place = {
+    def _places(self, groups) -> dict:
+        """Variable key -> (its group, its position in the group)."""
+        return {
             self._var_key(variable): (group, position)
             for group in groups
             for position, variable in enumerate(group.variables)
         }
+
+    def _update_small(self, grads, variables, learning_rate):
+        """Runs `update_step` once per group of small variables; returns the others'
+        gradients and variables. A variable without a gradient is left as it is."""
+        if self.flat_slots:
+            groups, place = self._flat_groups, self._flat_place
+        else:
+            groups = self._make_groups(variables)
+            place = self._places(groups)
         gradients = {group.index: [None] * len(group) for group in groups}
         rest = []
         for gradient, variable in zip(grads, variables, strict=True):
@@ -516,10 +527,13 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
     def load_own_variables(self, store):
         """Keras' loading, which also takes an optimizer saved in the other slot layout
         (`flat_slots`) for the same variables, and converts it."""
-        if self.built and not self._store_matches(store, self._slot_entries(self.flat_slots)):
-            other = self._slot_entries(not self.flat_slots)
-            if self._store_matches(store, other):
-                store = self._converted(store, other)
+        if self.built:
+            ours = self._slot_entries(self.flat_slots)
+            first = len(self.variables) - len(ours)  # the slots come after Keras' own variables
+            if not self._store_matches(store, first, ours):
+                other = self._slot_entries(not self.flat_slots)
+                if self._store_matches(store, first, other):
+                    store = self._converted(store, first, other, ours)
         super().load_own_variables(store)
 
     def _slot_entries(self, flat: bool):
@@ -537,8 +551,8 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
             entries.extend((name, group, None) for group in groups)
         return entries
 
-    def _store_matches(self, store, entries) -> bool:
-        first = len(self.variables) - len(self._slot_entries(self.flat_slots))
+    def _store_matches(self, store, first, entries) -> bool:
+        """Whether `store` holds `first` variables of Keras' and then the slots `entries`."""
         if len(store.keys()) != first + len(entries):
             return False
         variables = self._trainable_variables
@@ -547,9 +561,8 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
             for k, (_, group, index) in enumerate(entries)
         )
 
-    def _converted(self, store, entries):
-        """`store` (in the layout of `entries`) in this optimizer's layout."""
-        first = len(self.variables) - len(self._slot_entries(self.flat_slots))
+    def _converted(self, store, first, entries, ours):
+        """`store` (its slots in the layout of `entries`) in this optimizer's layout, `ours`."""
         values = {}  # (slot name, variable index) -> value
         indices = {self._var_key(v): i for i, v in enumerate(self._trainable_variables)}
         for k, (name, group, index) in enumerate(entries):
@@ -562,7 +575,7 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
                     part = value[start:end].reshape(group.shapes[position])
                     values[name, indices[self._var_key(variable)]] = part
         out = {str(k): store[str(k)][...] for k in range(first)}
-        for k, (name, group, index) in enumerate(self._slot_entries(self.flat_slots)):
+        for k, (name, group, index) in enumerate(ours):
             if group is None:
                 out[str(first + k)] = values[name, index]
             else:

@@ -98,8 +98,8 @@ class Adagrad(OptlabOptimizer):
     def _kernel_step(self, gradient, variable, learning_rate):
         """The same step through TensorFlow's `ResourceApplyAdagradV2` kernel,
         `c += g^2; w -= lr g / (sqrt(c) + eps)`, at the decayed learning rate. Only with
-        epsilon outside the root, and not for 16-bit variables (float32 cache)."""
-        if self.epsilon_inside_sqrt or self.compute_dtype(variable) != variable.dtype.name:
+        epsilon outside the root."""
+        if self.epsilon_inside_sqrt:
             return False
         import tensorflow as tf
 

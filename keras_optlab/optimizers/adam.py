@@ -138,9 +138,8 @@ class Adam(OptlabOptimizer):
         """The same step through TensorFlow's `ResourceApplyAdam` kernel, which computes
         `w -= alpha m / (sqrt(v) + eps')` with `alpha = lr sqrt(1 - p_2) / (1 - p_1)`
         for beta powers `p_1, p_2` (0 without bias correction): the rule above with
-        `eps' = eps_hat sqrt(1 - p_2)`. Not for amsgrad, nor for 16-bit variables (whose
-        slots are float32)."""
-        if self.amsgrad or self.compute_dtype(variable) != variable.dtype.name:
+        `eps' = eps_hat sqrt(1 - p_2)`. Not for amsgrad."""
+        if self.amsgrad:
             return False
         import tensorflow as tf
 
