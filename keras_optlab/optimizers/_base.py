@@ -457,12 +457,13 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
                 else ops.cast(_sparse.to_dense(g) if _sparse.is_indexed_slices(g) else g, dtype)
                 for g, shape in zip(gradients[group.index], group.shapes, strict=True)
             ]
-            group.present = None if all(present) else present
+            group.begin_step(present)
             self._in_group = group
             try:
                 self.update_step(group.concat(dense), group, learning_rate)
             finally:
-                self._in_group, group.present = None, None
+                self._in_group = None
+                group.end_step()
                 self._gathered.clear()
         return [g for g, _ in rest], [v for _, v in rest]
 

@@ -42,18 +42,23 @@ class Group:
         self.index = index  # its place among the optimizer's groups
         self.name = name  # in the names of its flat buffers
         self.present = None  # in a step: which variables have a gradient (None: all)
+        self.mask = None  # in a step: `present` element by element (None: all)
 
     def __len__(self):
         return len(self.variables)
 
-    @property
-    def mask(self):
-        """True on the elements of the variables that have a gradient in this step, or
-        None where all have one."""
-        if self.present is None:
-            return None
-        parts = zip(self.shapes, self.present, strict=True)
-        return self.concat([ops.full(shape, here, dtype="bool") for shape, here in parts])
+    def begin_step(self, present):
+        """Notes which variables have a gradient in this step (a bool each), and the
+        mask of their elements once, for every write of the step."""
+        if all(present):
+            self.present = self.mask = None
+            return
+        self.present = present
+        parts = zip(self.shapes, present, strict=True)
+        self.mask = self.concat([ops.full(shape, here, dtype="bool") for shape, here in parts])
+
+    def end_step(self):
+        self.present = self.mask = None
 
     def concat(self, values):
         """The values of the group's variables (or of their slots) as one vector."""
