@@ -43,8 +43,8 @@ def _gradients(dtype, shapes=SHAPES):
 
 def _trajectory(optimizer, dtype="float64", jit=False, shapes=SHAPES, grads=None):
     """Weights and per-variable state after STEPS steps, one variable going without a
-    gradient every fourth step and one excluded from weight decay; and the kinds of
-    variable `update_step` was given."""
+    gradient every fourth step and one excluded from weight decay; and the path of
+    each update as traced (the kind of variable `update_step` was given, or "kernel")."""
     rng = np.random.default_rng(1)
     variables = [
         keras.Variable(rng.normal(size=shape).astype(dtype), dtype=dtype, name=f"w{i}")
@@ -53,13 +53,18 @@ def _trajectory(optimizer, dtype="float64", jit=False, shapes=SHAPES, grads=None
     optimizer.exclude_from_weight_decay(var_names=["w3"])  # a small variable without decay
     optimizer.build(variables)
     given = []
-    update_step = optimizer.update_step
+    update_step, kernel_step = optimizer.update_step, optimizer._kernel_step
 
     def spy(gradient, variable, learning_rate):
         given.append(type(variable))
         return update_step(gradient, variable, learning_rate)
 
-    optimizer.update_step = spy
+    def kernel_spy(gradient, variable, learning_rate):
+        taken = kernel_step(gradient, variable, learning_rate)
+        given.extend(["kernel"] if taken else [])
+        return taken
+
+    optimizer.update_step, optimizer._kernel_step = spy, kernel_spy
 
     def step(gs):
         optimizer.apply(gs, variables)
@@ -102,19 +107,27 @@ def test_every_layout_takes_the_same_steps(case):
 
 @pytest.mark.parametrize("cls", OPTIMIZERS, ids=lambda c: c.__name__)
 def test_which_path_the_small_variables_take(cls):
-    """With flat slots always as groups (for a rule with slots); by default as groups
-    in a TensorFlow graph for RMSProp and Adam, one by one under XLA, on the other
-    backends, and for the others."""
+    """With flat slots always as groups (for a rule with slots). By default, in a
+    TensorFlow graph, as groups for RMSProp and Adam, each through its fused kernel for
+    the others (all but RMSProp have one at their defaults); one by one under XLA and
+    on the other backends."""
     has_slots = cls is not ko.SGD
     *_, flat = _trajectory(cls(flat_slots=True))
     optimizer = cls()
     *_, default = _trajectory(optimizer)
     assert (Group in flat) == has_slots
     assert (Group in default) == (cls in (ko.RMSProp, ko.Adam) and TF)
-    assert len(optimizer._fused) <= 1  # an XLA cluster for the large variable only, if any
+    if not TF:
+        assert "kernel" not in default
+    elif cls in (ko.RMSProp, ko.Adam):
+        assert ("kernel" in default) == (cls is ko.Adam)  # the large variable's
+    else:
+        assert set(default) == {"kernel"}  # every variable, none op by op
+    # An XLA cluster for the large variable where no kernel computes the rule.
+    assert len(optimizer._fused) == (1 if cls is ko.RMSProp and TF else 0)
     if TF:
         *_, xla = _trajectory(cls(), jit=True)
-        assert Group not in xla
+        assert Group not in xla and "kernel" not in xla
 
 
 @pytest.mark.parametrize("layout", ["default", "flat slots"])

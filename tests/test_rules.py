@@ -75,9 +75,11 @@ def test_fused_update_is_the_same_rule(case, monkeypatch):
 
 # Where a fused kernel computes the rule: Adam without amsgrad, Adagrad with epsilon
 # outside the root.
-KERNEL_CASES = [case for case in CASES if case.cls is ko.Adam and not case.kwargs.get("amsgrad")] + [
-    case for case in CASES if case.cls is ko.Adagrad and not case.kwargs.get("epsilon_inside_sqrt")
-]
+KERNEL_CASES = (
+    [case for case in CASES if case.cls in (ko.SGD, ko.Momentum, ko.NAG)]
+    + [case for case in CASES if case.cls is ko.Adam and not case.kwargs.get("amsgrad")]
+    + [case for case in CASES if case.cls is ko.Adagrad and not case.kwargs.get("epsilon_inside_sqrt")]
+)
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the kernels are TensorFlow's")

@@ -23,10 +23,11 @@ from keras_optlab.optimizers._validation import (
 )
 
 _SIXTEEN_BIT = ("float16", "bfloat16")
-#: Variables smaller than this are "small": they step op by op, or together as one
-#: vector per dtype where `_groups_small` says so, while larger ones each step through a
-#: fused kernel or one XLA cluster (launching a cluster costs more than it saves on a
-#: small variable: bench/optimizer_step.py, regime b, 2x slower at 1,000 elements).
+#: Variables smaller than this are "small": they step through a fused kernel, op by op,
+#: or together as one vector per dtype where `_groups_small` says so, while larger ones
+#: each step through a fused kernel or one XLA cluster (launching a cluster costs more
+#: than it saves on a small variable: bench/optimizer_step.py, regime b, 2x slower at
+#: 1,000 elements).
 FUSE_MIN_SIZE = 65_536
 FRAMEWORKS = ("keras", "pytorch", "optax")
 _FRAMEWORK_ALIASES = {"torch": "pytorch", "tf": "keras", "tensorflow": "keras"}
@@ -45,10 +46,12 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
       anything else in the rule (as `torch.optim.SGD`, `Adagrad`, `RMSprop` and
       `Adam` do).
     - `fused_update`: True (default), on the TensorFlow backend outside XLA, steps
-      each variable of `FUSE_MIN_SIZE` elements or more through a fused training
-      kernel or one XLA cluster, and (RMSProp, Adam) the smaller ones of each dtype
-      together, as one vector (see `_backend_update_step`); False runs the rule op by
-      op on each variable, as Keras' own optimizers do in graph mode.
+      (RMSProp, Adam) the variables under `FUSE_MIN_SIZE` elements of each dtype
+      together, as one vector, and each other variable through a fused training
+      kernel where TensorFlow has one that computes the rule, else (if it has
+      `FUSE_MIN_SIZE` elements or more) as one XLA cluster (see
+      `_backend_update_step`); False runs the rule op by op on each variable, as
+      Keras' own optimizers do in graph mode.
     - `flat_slots`: False (default) keeps one slot variable per model variable and
       slot, as Keras does. True keeps the slots of the small variables in one flat
       buffer per dtype (and weight-decay class) and slot, which spares the update
@@ -348,7 +351,9 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         `_groups_small` says so, then on each other variable; on TensorFlow
         (`fused_update=True`, no distribution strategy, dense gradient) each of those
         through a fused training kernel where one computes the rule
-        (`_kernel_step`), else compiled as one XLA cluster.
+        (`_kernel_step`), else compiled as one XLA cluster if it is large, else op
+        by op. A kernel is one launch per variable where the op-by-op rule launches
+        one per operation, which is what a small variable's step costs.
 
         A group runs the same `update_step` on the concatenation of its variables,
         and the compiled update is the same `update_step`: the same rule, element by
@@ -368,10 +373,12 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         learning_rate = tf.convert_to_tensor(learning_rate)
         for gradient, variable in zip(grads, trainable_variables, strict=True):
             variable = variable.value if isinstance(variable, keras.Variable) else variable
-            if _sparse.is_indexed_slices(gradient) or variable.shape.num_elements() < FUSE_MIN_SIZE:
-                self.update_step(gradient, variable, learning_rate)  # (a small one not in a group)
+            if _sparse.is_indexed_slices(gradient):
+                self.update_step(gradient, variable, learning_rate)
             elif self._kernel_slots_fit(variable) and self._kernel_step(gradient, variable, learning_rate):
-                continue  # taken by a fused kernel
+                continue  # taken by a fused kernel, whatever the variable's size
+            elif variable.shape.num_elements() < FUSE_MIN_SIZE:
+                self.update_step(gradient, variable, learning_rate)  # (a small one not in a group)
             else:
                 self._fused_update_of(variable)(gradient, learning_rate)
 
@@ -381,7 +388,7 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         return self.compute_dtype(variable) == variable.dtype.name
 
     def _kernel_step(self, gradient, variable, learning_rate) -> bool:
-        """Takes the step of a large variable through one of TensorFlow's fused
+        """Takes the step of a variable through one of TensorFlow's fused
         training kernels and returns True, where a kernel computes exactly the
         configured rule; False (nothing done) elsewhere. Overridden by rules that have
         such a kernel; a test holds each to its `update_step` over whole trajectories.
@@ -396,9 +403,10 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         (`_group_small`: RMSProp, Adam), in a TensorFlow graph that XLA does not
         compile: there one kernel launch per operation dominates, and a group
         launches the rule's arithmetic once. Where the rule does little (SGD,
-        Momentum, NAG, Adagrad), gathering and scattering the slots costs as much as
-        it saves; under XLA each tensor the step writes costs more than the whole
-        arithmetic (bench/optimizer_step.py, regime b, and its ceilings).
+        Momentum, NAG, Adagrad), gathering and scattering the slots costs more than
+        it saves, and one fused kernel per variable (`_kernel_step`) is faster; under
+        XLA each tensor the step writes costs more than the whole arithmetic
+        (bench/optimizer_step.py, regime b, and its ceilings).
         """
         if not self._slots:
             return False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import keras
 
 from keras_optlab.optimizers._base import OptlabOptimizer
@@ -45,6 +47,9 @@ class Momentum(OptlabOptimizer):
         "optax": {"lr_in_momentum": False},
     }
 
+    #: The fused kernels' Nesterov form (`NAG`) or the plain one (`_kernel_step`).
+    _nesterov: ClassVar[bool] = False
+
     def __init__(self, learning_rate=0.01, momentum=0.9, lr_in_momentum=True, **kwargs):
         momentum = check_float("momentum", momentum, "[0, 1]")
         lr_in_momentum = check_bool("lr_in_momentum", lr_in_momentum)
@@ -67,6 +72,26 @@ class Momentum(OptlabOptimizer):
             v_new = mu * v + g  # v = mu*v + g
             self.assign(v, v_new)
             self.assign_sub(variable, lr * v_new)  # w -= lr*v
+
+    def _kernel_step(self, gradient, variable, learning_rate):
+        """The same step through TensorFlow's fused kernels: `ResourceApplyKerasMomentum`
+        (`v = mu v - lr g; w += v`) with the learning rate inside, `ResourceApplyMomentum`
+        (`v = mu v + g; w -= lr v`) outside; in their Nesterov form for `NAG`."""
+        import tensorflow as tf
+
+        g, lr, _ = self.prepare(gradient, variable, learning_rate)
+        kernel = (
+            tf.raw_ops.ResourceApplyKerasMomentum if self.lr_in_momentum else tf.raw_ops.ResourceApplyMomentum
+        )
+        kernel(
+            var=variable.handle,
+            accum=self.slot("velocity", variable).value.handle,
+            lr=lr,
+            grad=g,
+            momentum=self.hyper(self.momentum, g.dtype),
+            use_nesterov=self._nesterov,
+        )
+        return True
 
     def get_config(self):
         config = super().get_config()

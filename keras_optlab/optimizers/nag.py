@@ -48,6 +48,9 @@ class NAG(Momentum):
         importance of initialization and momentum in deep learning", ICML 2013.
     """
 
+    #: TensorFlow's momentum kernels with `use_nesterov` compute this rule (`_kernel_step`).
+    _nesterov = True
+
     def update_step(self, gradient, variable, learning_rate):
         g, lr, _ = self.prepare(gradient, variable, learning_rate)
         mu = self.hyper(self.momentum, g.dtype)

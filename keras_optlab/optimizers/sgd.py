@@ -38,3 +38,12 @@ class SGD(OptlabOptimizer):
     def update_step(self, gradient, variable, learning_rate):
         g, lr, rows = self.prepare(gradient, variable, learning_rate)
         self.assign_sub(variable, self.at_rows(lr * g, rows))  # w -= lr * g
+
+    def _kernel_step(self, gradient, variable, learning_rate):
+        """The same step through TensorFlow's `ResourceApplyGradientDescent` kernel,
+        `w -= lr g`."""
+        import tensorflow as tf
+
+        g, lr, _ = self.prepare(gradient, variable, learning_rate)
+        tf.raw_ops.ResourceApplyGradientDescent(var=variable.handle, alpha=lr, delta=g)
+        return True
