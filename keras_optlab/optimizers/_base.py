@@ -126,6 +126,9 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         self.flat_slots = flat_slots
         self._fused = {}  # variable key -> its update compiled as one XLA cluster
         self._in_group = None  # the Group being updated, during its update_step
+        # In a compiled group step: takes its writes to variables, to be made after it (a
+        # callable: Keras would track a list attribute as a copy).
+        self._defer = None
         self._gathered = {}  # id of a group's gathered slot -> (that value, the slots)
 
     @classmethod
@@ -355,8 +358,9 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         by op. A kernel is one launch per variable where the op-by-op rule launches
         one per operation, which is what a small variable's step costs.
 
-        A group runs the same `update_step` on the concatenation of its variables,
-        and the compiled update is the same `update_step`: the same rule, element by
+        A group runs the same `update_step` on the concatenation of its variables
+        (in a TensorFlow graph compiled as one XLA cluster: `_compiled_group_step`),
+        and a compiled update is the same `update_step`: the same rule, element by
         element. XLA fuses its element-wise chain into one pass over memory where
         TensorFlow's graph mode runs one kernel per operation; only float rounding
         can differ (fused multiply-adds). Under a strategy the update goes through
@@ -402,7 +406,7 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         default layout only for a rule that does much arithmetic per element
         (`_group_small`: RMSProp, Adam), in a TensorFlow graph that XLA does not
         compile: there one kernel launch per operation dominates, and a group
-        launches the rule's arithmetic once. Where the rule does little (SGD,
+        launches the rule's arithmetic once (as one XLA cluster). Where the rule does little (SGD,
         Momentum, NAG, Adagrad), gathering and scattering the slots costs more than
         it saves, and one fused kernel per variable (`_kernel_step`) is faster; under
         XLA each tensor the step writes costs more than the whole arithmetic
@@ -454,6 +458,7 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
                 gradients[group.index][position] = gradient
             else:
                 rest.append((gradient, variable))
+        compiled = self._compile_groups()
         for group in groups:
             present = [g is not None for g in gradients[group.index]]
             if not any(present):
@@ -465,15 +470,54 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
                 else ops.cast(_sparse.to_dense(g) if _sparse.is_indexed_slices(g) else g, dtype)
                 for g, shape in zip(gradients[group.index], group.shapes, strict=True)
             ]
-            group.begin_step(present)
-            self._in_group = group
-            try:
-                self.update_step(group.concat(dense), group, learning_rate)
-            finally:
-                self._in_group = None
-                group.end_step()
-                self._gathered.clear()
+            step = self._compiled_group_step if compiled else self._group_step
+            step(group, present, group.concat(dense), learning_rate)
         return [g for g, _ in rest], [v for _, v in rest]
+
+    def _group_step(self, group, present, gradient, learning_rate, defer=None):
+        """`update_step` on a group, with `present` saying which of its variables have
+        a gradient; its writes to its variables (and gathered slots) go to `defer`
+        where that is given, as `(how, targets, value)`."""
+        group.begin_step(present)
+        self._in_group, self._defer = group, defer
+        try:
+            self.update_step(gradient, group, learning_rate)
+        finally:
+            self._in_group = self._defer = None
+            group.end_step()
+            self._gathered.clear()
+
+    def _compile_groups(self) -> bool:
+        """Whether a group's step is compiled: in a TensorFlow graph that XLA does not
+        compile itself (`fused_update=True`, no strategy), not eagerly (each eager
+        step would trace anew)."""
+        if not self._fusable() or _in_xla_context():
+            return False
+        import tensorflow as tf
+
+        return not tf.executing_eagerly()
+
+    def _compiled_group_step(self, group, present, gradient, learning_rate):
+        """`_group_step` with its arithmetic compiled as one XLA cluster, which makes
+        one pass over the group's elements where a graph runs one kernel per
+        operation. Flat buffers are written inside; the values for the group's
+        variables (and gathered slots) come back and are written here, because inside
+        XLA each variable written costs more than its arithmetic (bench, regime b).
+        Traced with the graph that calls it, so made anew for each such trace."""
+        import tensorflow as tf
+
+        writes = []  # (how, targets) of each deferred write, in order
+
+        def update(gradient, learning_rate):
+            deferred = []
+            self._group_step(group, present, gradient, learning_rate, deferred.append)
+            writes[:] = [(how, targets) for how, targets, _ in deferred]
+            return [value for *_, value in deferred]
+
+        update = tf.function(update, jit_compile=True, autograph=False)
+        values = update(gradient, tf.convert_to_tensor(learning_rate))
+        for (how, targets), value in zip(writes, values, strict=True):
+            self._write_pieces(how, targets, group, present, value)
 
     def _group_slot(self, name, group):
         """The slot `name` of a group's variables as one vector: the flat buffer, or
@@ -498,10 +542,9 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         self._write("assign_sub", variable, value)
 
     def _write(self, how, variable, value):
-        write = getattr(super(), how)
         group = self._in_group
         if group is None:
-            return write(variable, value)
+            return getattr(super(), how)(variable, value)
         if variable is group:
             targets = group.variables
         elif id(variable) in self._gathered:
@@ -510,8 +553,17 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
             if group.present is not None and any(variable is b[group.index] for b in self._buffers.values()):
                 kept = ops.convert_to_tensor(variable) if how == "assign" else ops.zeros_like(value)
                 value = ops.where(group.mask, value, kept)
-            return write(variable, value)
-        present = group.present or [True] * len(group)
+            return getattr(super(), how)(variable, value)
+        if self._defer is not None:
+            self._defer((how, targets, value))
+        else:
+            self._write_pieces(how, targets, group, group.present, value)
+
+    def _write_pieces(self, how, targets, group, present, value):
+        """Writes a group-length `value` to `targets` (the group's variables or their
+        slots), a piece each, skipping those without a gradient (`present`)."""
+        write = getattr(super(), how)
+        present = present or [True] * len(group)
         for target, piece, here in zip(targets, group.split(value), present, strict=True):
             if here:
                 write(target, piece)

@@ -6,7 +6,8 @@ its rule once per small variable spends its time on launches (bench/optimizer_st
 regime b: 200 variables of 1,000). The rules are element-wise, so the small
 variables of one dtype can run the rule once, on the concatenation of their
 gradients and slots, and have the result split back: the same arithmetic on each
-element, launched once instead of once per variable. What remains per variable is
+element, launched once instead of once per variable (and, in a graph, compiled by
+XLA into one pass over the elements). What remains per variable is
 reading and writing it and its slots, which bounds the gain (the benchmark's
 "ceiling"); with the slots in flat buffers, only the variable itself remains. Which
 steps group, and why only those: `OptlabOptimizer._groups_small`.
