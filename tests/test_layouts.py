@@ -36,6 +36,13 @@ CASES = [Case(cls, {"weight_decay": 0.01}) for cls in OPTIMIZERS] + [
 MISSING = 1  # the variable that gets no gradient at every fourth step
 
 
+@pytest.fixture(autouse=True)
+def compile_small_groups(monkeypatch):
+    """The groups here are tiny; in a TensorFlow graph they are compiled as a big one
+    would be (`test_a_group_is_compiled_from_its_size` keeps the real threshold)."""
+    monkeypatch.setattr(_base, "GROUP_COMPILE_MIN_SIZE", 1)
+
+
 def _gradients(dtype, shapes=SHAPES):
     rng = np.random.default_rng(0)
     return [[rng.normal(size=shape).astype(dtype) for shape in shapes] for _ in range(STEPS)]
@@ -143,6 +150,18 @@ def test_which_path_the_small_variables_take(cls):
         assert Group not in xla and "kernel" not in xla
         *_, flat_xla = _trajectory(cls(flat_slots=True), jit=True)
         assert (Group in flat_xla) == has_slots and "compiled" not in flat_xla
+
+
+@pytest.mark.skipif(not TF, reason="groups are compiled in TensorFlow graphs only")
+def test_a_group_is_compiled_from_its_size(monkeypatch):
+    """Compiling a group pays from `GROUP_COMPILE_MIN_SIZE` elements on: a smaller one
+    steps op by op, the same numbers."""
+    monkeypatch.undo()
+    half = _base.GROUP_COMPILE_MIN_SIZE // 2
+    for shapes, compiled in ([(3, 4), (5,)], False), ([(half,), (half,)], True):
+        got = _trajectory(ko.Adam(flat_slots=True), shapes=shapes)
+        assert ("compiled" in got[2]) == compiled
+        _assert_same(got, _trajectory(ko.Adam(fused_update=False), shapes=shapes), rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("layout", ["default", "flat slots"])

@@ -29,6 +29,10 @@ _SIXTEEN_BIT = ("float16", "bfloat16")
 #: than it saves on a small variable: bench/optimizer_step.py, regime b, 2x slower at
 #: 1,000 elements).
 FUSE_MIN_SIZE = 65_536
+#: A group of small variables with at least this many elements in all steps as one XLA
+#: cluster in a TensorFlow graph (`_compiled_group_step`); a smaller one op by op, for the
+#: same reason (a model of 7,000 parameters fits 2-8% slower with its group compiled).
+GROUP_COMPILE_MIN_SIZE = 65_536
 FRAMEWORKS = ("keras", "pytorch", "optax")
 _FRAMEWORK_ALIASES = {"torch": "pytorch", "tf": "keras", "tensorflow": "keras"}
 
@@ -407,8 +411,9 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         (`_group_small`: RMSProp, Adam), in a TensorFlow graph that XLA does not
         compile: there one kernel launch per operation dominates, and a group
         launches the rule's arithmetic once (as one XLA cluster). Where the rule does little (SGD,
-        Momentum, NAG, Adagrad), gathering and scattering the slots costs more than
-        it saves, and one fused kernel per variable (`_kernel_step`) is faster; under
+        Momentum, NAG, Adagrad), gathering and scattering the slots costs as much as
+        it saves or more, and one fused kernel per variable (`_kernel_step`, where
+        the rule has one) is faster; under
         XLA each tensor the step writes costs more than the whole arithmetic
         (bench/optimizer_step.py, regime b, and its ceilings).
         """
@@ -470,7 +475,8 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
                 else ops.cast(_sparse.to_dense(g) if _sparse.is_indexed_slices(g) else g, dtype)
                 for g, shape in zip(gradients[group.index], group.shapes, strict=True)
             ]
-            step = self._compiled_group_step if compiled else self._group_step
+            big = group.shape[0] >= GROUP_COMPILE_MIN_SIZE
+            step = self._compiled_group_step if compiled and big else self._group_step
             step(group, present, group.concat(dense), learning_rate)
         return [g for g, _ in rest], [v for _, v in rest]
 
@@ -488,9 +494,9 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
             self._gathered.clear()
 
     def _compile_groups(self) -> bool:
-        """Whether a group's step is compiled: in a TensorFlow graph that XLA does not
-        compile itself (`fused_update=True`, no strategy), not eagerly (each eager
-        step would trace anew)."""
+        """Whether a group's step may be compiled (if it is big enough): in a
+        TensorFlow graph that XLA does not compile itself (`fused_update=True`, no
+        strategy), not eagerly (each eager step would trace anew)."""
         if not self._fusable() or _in_xla_context():
             return False
         import tensorflow as tf
