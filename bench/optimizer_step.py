@@ -18,8 +18,9 @@ also our optimizer with `flat_slots=True` (the slots of small variables in flat
 buffers) against the same Keras step. For (b) also two ceilings: Keras time over the
 time of a step that only reads and writes what the rule must, one `assign_add` of the
 gradient to each weight and to each slot tensor (per-variable layout) or to each weight
-and each flat buffer (flat slots), with nothing computed: about the most that any
-optimizer in that layout could gain there. For (a) also
+and each flat buffer (flat slots), with nothing computed: about the most that a step
+writing each tensor with an operation of its own could gain there (a fused kernel
+writes a weight and its slots in one, and can pass it). For (a) also
 the fraction of the memory floor: the bytes each rule must move per step, at the
 streaming rate of TensorFlow's `a.assign_add(b)` in a graph (AssignAddVariableOp on
 Eigen's threads; reads 8 and writes 4 bytes a float; an XLA-compiled one streams at
