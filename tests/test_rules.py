@@ -73,8 +73,8 @@ def test_fused_update_is_the_same_rule(case, monkeypatch):
     np.testing.assert_allclose(fused, plain, rtol=1e-12, atol=1e-14)
 
 
-# Where a fused kernel computes the rule: Adam without amsgrad, Adagrad with epsilon
-# outside the root.
+# Where a fused kernel computes the rule: SGD, Momentum and NAG, Adam without amsgrad,
+# Adagrad with epsilon outside the root.
 KERNEL_CASES = (
     [case for case in CASES if case.cls in (ko.SGD, ko.Momentum, ko.NAG)]
     + [case for case in CASES if case.cls is ko.Adam and not case.kwargs.get("amsgrad")]

@@ -29,9 +29,10 @@ _SIXTEEN_BIT = ("float16", "bfloat16")
 #: than it saves on a small variable: bench/optimizer_step.py, regime b, 2x slower at
 #: 1,000 elements).
 FUSE_MIN_SIZE = 65_536
-#: A group of small variables with at least this many elements in all steps as one XLA
-#: cluster in a TensorFlow graph (`_compiled_group_step`); a smaller one op by op, for the
-#: same reason (a model of 7,000 parameters fits 2-8% slower with its group compiled).
+#: A group of small variables steps as one XLA cluster in a TensorFlow graph
+#: (`_compiled_group_step`) when its variables hold this many elements or more in all; a
+#: smaller group steps op by op, for the same reason (the lab's MLP of 7,000 parameters
+#: fits 2-8% slower with its group compiled).
 GROUP_COMPILE_MIN_SIZE = 65_536
 FRAMEWORKS = ("keras", "pytorch", "optax")
 _FRAMEWORK_ALIASES = {"torch": "pytorch", "tf": "keras", "tensorflow": "keras"}
@@ -410,11 +411,11 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         default layout only for a rule that does much arithmetic per element
         (`_group_small`: RMSProp, Adam), in a TensorFlow graph that XLA does not
         compile: there one kernel launch per operation dominates, and a group
-        launches the rule's arithmetic once (as one XLA cluster). Where the rule does little (SGD,
-        Momentum, NAG, Adagrad), gathering and scattering the slots costs as much as
-        it saves or more, and one fused kernel per variable (`_kernel_step`, where
-        the rule has one) is faster; under
-        XLA each tensor the step writes costs more than the whole arithmetic
+        launches the rule's arithmetic once (as one XLA cluster if the group is big).
+        Where the rule does little (SGD, Momentum, NAG, Adagrad), gathering and
+        scattering the slots costs as much as it saves or more, and one fused kernel
+        per variable (`_kernel_step`, where the rule has one) is faster; under XLA
+        each tensor the step writes costs more than the whole arithmetic
         (bench/optimizer_step.py, regime b, and its ceilings).
         """
         if not self._slots:
