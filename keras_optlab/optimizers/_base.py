@@ -375,7 +375,7 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
             _refuse_strategy()
         if self._groups_small():
             grads, trainable_variables = self._update_small(grads, trainable_variables, learning_rate)
-        if not self._fusable() or _in_xla_context():  # under XLA, XLA fuses the rule itself
+        if not self._fusable():
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
         import tensorflow as tf
 
@@ -422,7 +422,7 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
             return False
         if self.flat_slots:
             return True
-        return self._group_small and self._fusable() and not _in_xla_context()
+        return self._group_small and self._fusable()
 
     def _make_groups(self, variables) -> list[Group]:
         """The small variables, by dtype and weight-decay class, in their order."""
@@ -495,10 +495,10 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
             self._gathered.clear()
 
     def _compile_groups(self) -> bool:
-        """Whether a group's step may be compiled (if it is big enough): in a
-        TensorFlow graph that XLA does not compile itself (`fused_update=True`, no
-        strategy), not eagerly (each eager step would trace anew)."""
-        if not self._fusable() or _in_xla_context():
+        """Whether a group's step may be compiled (if it is big enough): where the
+        step is fusable (`_fusable`), in a graph, not eagerly (each eager step would
+        trace anew)."""
+        if not self._fusable():
             return False
         import tensorflow as tf
 
@@ -576,9 +576,12 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
                 write(target, piece)
 
     def _fusable(self) -> bool:
+        """Whether this step may take the fused paths (kernels, compiled clusters,
+        groups by default): `fused_update`, TensorFlow, no distribution strategy, and
+        not inside XLA, which fuses the rule itself."""
         if not self.fused_update or keras.backend.backend() != "tensorflow":
             return False
-        return not _under_tf_strategy()
+        return not _under_tf_strategy() and not _in_xla_context()
 
     def _fused_update_of(self, variable):
         key = self._var_key(variable)
