@@ -5,6 +5,7 @@ import math
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_optlab as ko
 from tests.cases import OPTIMIZERS
@@ -156,3 +157,104 @@ def test_callbacks_that_set_the_learning_rate_work():
     )
     assert len(history.history["loss"]) == 2
     assert float(model.optimizer.learning_rate) < 0.1 * 0.5 + 1e-9
+
+
+# ------------------------------------------- values that pass and then give NaN
+# (optimizer, the value, the variables' dtype, the message). Each was accepted and
+# gave inf or NaN weights: checked at build, in the dtype the update computes in.
+IN_DTYPE = [
+    (lambda: ko.RMSProp(epsilon=1e-50), "float32", "`epsilon` cannot be used in float32"),
+    (lambda: ko.Adam(epsilon=1e-300), "float32", "it is 0 there, below float32's smallest normal number"),
+    (lambda: ko.Adam(epsilon=1e-50), "float16", "in float32, the dtype the update computes in for float16"),
+    (
+        lambda: ko.Adagrad(epsilon=0.0, initial_accumulator_value=1e-40),
+        "float32",
+        "`initial_accumulator_value` cannot be used in float32",
+    ),
+    (lambda: ko.Adam(weight_decay=1e39), "float32", "for float32 variables: it overflows to inf"),
+    (lambda: ko.Adam(beta_2=1 - 1e-10), "float32", "it rounds to 1.0 there, outside [0, 1)"),
+    (lambda: ko.RMSProp(rho=1 - 1e-9), "bfloat16", "`rho` cannot be used in float32"),
+]
+
+
+@pytest.mark.parametrize("make, dtype, message", IN_DTYPE)
+def test_a_value_that_breaks_in_the_compute_dtype_is_refused_at_build(make, dtype, message):
+    optimizer = make()
+    variable = keras.Variable(np.ones(3, dtype), dtype=dtype)
+    with pytest.raises(ValueError, match="Received: ") as error:
+        optimizer.build([variable])
+    assert message in str(error.value)
+    assert not optimizer.built
+
+
+def test_the_same_values_are_fine_in_float64():
+    """1e-50 is a normal float64: the same epsilon trains float64 variables."""
+    optimizer = ko.RMSProp(epsilon=1e-50)
+    w = keras.Variable(np.ones(3), dtype="float64")
+    optimizer.apply([tf.constant([0.0, 1.0, -1.0], tf.float64)], [w])
+    assert np.isfinite(w.numpy()).all()
+
+
+@pytest.mark.parametrize("value", [1e39, 1e-50])
+def test_a_learning_rate_float32_cannot_hold_is_refused(value):
+    """Keras keeps the learning rate in a float32 variable: 1e39 became inf, the weights NaN."""
+    with pytest.raises(ValueError, match=r"`learning_rate` cannot be used in float32.*learning_rate=1e"):
+        ko.SGD(learning_rate=value)
+    optimizer = ko.SGD(learning_rate=0.1)
+    with pytest.raises(ValueError, match=r"`learning_rate` cannot be used in float32"):
+        optimizer.learning_rate = value
+    np.testing.assert_allclose(float(optimizer.learning_rate), 0.1, rtol=1e-7)
+
+
+# --------------------------------------- 0-d arrays and tensors for hyperparameters
+ADAM = [(ko.Adam, "beta_1"), (ko.Adam, "beta_2"), (ko.Adam, "epsilon")]
+
+
+@pytest.mark.parametrize(
+    "cls, argument",
+    [*ADAM, (ko.Momentum, "momentum"), (ko.RMSProp, "rho")],
+)
+@pytest.mark.parametrize("wrap", [np.array, tf.constant, np.float32], ids=["ndarray", "tf", "np.float32"])
+def test_hyperparameters_accept_0d_arrays_and_tensors(cls, argument, wrap):
+    """Keras documents "float or constant float tensor"; converted with float():
+    tf.constant(0.5) is 0.5 exactly, tf.constant(0.9) is float32's 0.8999999761581421."""
+    optimizer = cls(**{argument: wrap(0.5)})
+    assert getattr(optimizer, argument) == 0.5 and type(getattr(optimizer, argument)) is float
+    assert ko.Adam(beta_1=tf.constant(0.9)).beta_1 == float(np.float32(0.9))
+
+
+def test_a_tensor_with_more_than_one_value_is_refused():
+    with pytest.raises(TypeError, match=r"`beta_1` must be a float. Received: beta_1="):
+        ko.Adam(beta_1=np.array([0.9, 0.99]))
+
+
+# --------------------------------------------------- errors that name the argument
+def test_state_of_a_variable_the_optimizer_does_not_own_says_so():
+    optimizer = ko.Adam()
+    mine = keras.Variable(np.ones(3), name="mine")
+    optimizer.build([mine])
+    other = keras.Variable(np.ones(3), name="other")
+    for method in (optimizer.state, optimizer.effective_learning_rate, optimizer.initial_state_mask):
+        with pytest.raises(ValueError, match=r"`variable` 'other' is not one of the 1 variables .*\(mine\)"):
+            method(other)
+        with pytest.raises(TypeError, match=r"`variable` must be one of the .*Received: variable=array"):
+            method(np.ones(3))
+
+
+@pytest.mark.parametrize(
+    "value, error, message",
+    [
+        (-1.0, ValueError, "`learning_rate` must be a finite number in [0, inf). Received: learning_rate=-1"),
+        ("x", TypeError, "`learning_rate` must be a float. Received: learning_rate='x'"),
+        (np.ones(2), TypeError, "`learning_rate` must be a float."),
+    ],
+)
+def test_effective_learning_rate_checks_its_learning_rate(value, error, message):
+    optimizer = ko.Adam()
+    w = keras.Variable(np.ones(3))
+    optimizer.build([w])
+    with pytest.raises(error) as info:
+        optimizer.effective_learning_rate(w, learning_rate=value)
+    assert message in str(info.value)
+    rate = optimizer.effective_learning_rate(w, learning_rate=tf.constant(0.5))  # a 0-d tensor is fine
+    np.testing.assert_allclose(rate, 0.5 / 1e-8)  # (no step yet: v = 0)

@@ -6,18 +6,21 @@ plumbing around it, so that a reader of `adam.py` sees Adam and nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 from typing import Any, ClassVar
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_optlab.optimizers import _sparse
+from keras_optlab.optimizers import _saving, _sparse
 from keras_optlab.optimizers._groups import Group
 from keras_optlab.optimizers._validation import (
     check_bool,
     check_float,
+    check_in_dtype,
     check_int,
     check_learning_rate,
 )
@@ -64,6 +67,22 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
       files then hold those buffers, `slot()` and `state()` still answer per
       variable (with read-only views into them), and an optimizer saved in one
       layout loads into the other. Not under a `tf.distribute` strategy.
+    - `exclude_from_weight_decay`: None, a list of names, or `{"var_names": [...],
+      "var_indices": [...]}`: the variables whose name contains one of `var_names`
+      (Keras' rule), and those at `var_indices` among the variables the optimizer
+      is built for, get no weight decay. It is what the method
+      `exclude_from_weight_decay(var_list=..., var_names=...)` (called before
+      `build`) records in the config, so that a saved and reloaded optimizer decays
+      the same variables; a `var_list` is recorded by the variables' positions once
+      the optimizer is built (their ids do not outlive the process, and their paths
+      change when a model is loaded).
+
+    Float hyperparameters are checked in the constructor against their range
+    (`HYPERPARAMETERS`) and again at `build`, in the dtype the update computes them
+    in: a value that overflows there, or becomes 0 or a subnormal number (which
+    TensorFlow flushes to 0), or leaves its range by rounding (`beta_2 = 1 - 1e-10`
+    is 1.0 in float32) is refused with the argument named. A learning rate
+    schedule or callable cannot be checked ahead: what it returns is the user's care.
 
     Variables of 16 bits (float16, bfloat16) keep their slots in float32 and have
     their update computed in float32, so that epsilon (1e-8 is 0 in float16) never
@@ -75,6 +94,9 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
 
     #: Settings that make the rule compute what each framework computes.
     CONVENTIONS: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: The rule's float hyperparameters and their ranges, checked in the constructor
+    #: (`checked`) and at build in the dtype the update computes in.
+    HYPERPARAMETERS: ClassVar[dict[str, str]] = {}
     #: True where a zero gradient leaves a row of the weights and slots unchanged,
     #: so that a sparse gradient may update only the rows it touches.
     _row_local: ClassVar[bool] = False
@@ -98,6 +120,7 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         ema_overwrite_frequency=None,
         loss_scale_factor=None,
         gradient_accumulation_steps=None,
+        exclude_from_weight_decay=None,
         name=None,
         **kwargs,
     ):
@@ -106,6 +129,7 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         coupled_weight_decay = check_bool("coupled_weight_decay", coupled_weight_decay)
         fused_update = check_bool("fused_update", fused_update)
         flat_slots = check_bool("flat_slots", flat_slots)
+        exclusion = _check_exclusion(exclude_from_weight_decay)
         super().__init__(
             learning_rate=check_learning_rate(learning_rate),
             weight_decay=check_float("weight_decay", weight_decay, "[0, inf)", allow_none=True),
@@ -129,12 +153,24 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         self.coupled_weight_decay = coupled_weight_decay
         self.fused_update = fused_update
         self.flat_slots = flat_slots
+        self._exclusion_names, self._exclusion_indices = (), ()
+        if exclusion:
+            self.exclude_from_weight_decay(var_names=exclusion["var_names"])
+            self._exclusion_indices = tuple(exclusion["var_indices"])  # applied at build
+        self._deferred_load = None  # state loaded before build, assigned at build
+        self._unbuilt_count = len(self.variables)  # what an optimizer saves before its first step
         self._fused = {}  # variable key -> its update compiled as one XLA cluster
         self._in_group = None  # the Group being updated, during its update_step
         # In a compiled group step: takes its writes to variables, to be made after it (a
         # callable: Keras would track a list attribute as a copy).
         self._defer = None
         self._gathered = {}  # id of a group's gathered slot -> (that value, the slots)
+
+    @classmethod
+    def checked(cls, **values) -> tuple:
+        """The values of hyperparameters named in `HYPERPARAMETERS`, checked against
+        their ranges, as Python floats, in the order given."""
+        return tuple(check_float(name, value, cls.HYPERPARAMETERS[name]) for name, value in values.items())
 
     @classmethod
     def like(cls, framework: str, **overrides):
@@ -171,12 +207,49 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
             return
         if self.flat_slots:
             _refuse_strategy()
+        self._check_hyperparameters_in(var_list)
+        self._exclude_indices(var_list)
         super().build(var_list)
         self._slots = {}  # slot name -> one variable per model variable (None: in a buffer)
         self._buffers = {}  # slot name -> one flat buffer per group (flat_slots only)
         self._flat_groups = self._make_groups(var_list) if self.flat_slots else []
         self._flat_place = self._places(self._flat_groups)
         self.build_slots(var_list)
+        if self._deferred_load is not None:
+            deferred, self._deferred_load = self._deferred_load, None
+            self._assign_loaded(_saving.loadable(self, *deferred))
+
+    def _check_hyperparameters_in(self, var_list):
+        """Each float hyperparameter (and weight decay) in each dtype the update will
+        compute in for `var_list`."""
+        by_dtype = {}
+        for variable in var_list:
+            dtype = str(keras.backend.standardize_dtype(variable.dtype))
+            by_dtype.setdefault(self.compute_dtype(variable), set()).add(dtype)
+        checks = dict(self.HYPERPARAMETERS)
+        if self.weight_decay:
+            checks["weight_decay"] = "[0, inf)"
+        for dtype, sources in by_dtype.items():
+            where = f" for {'/'.join(sorted(sources))} variables"
+            for name, interval in checks.items():
+                check_in_dtype(name, getattr(self, name), interval, dtype, where)
+
+    def _exclude_indices(self, var_list):
+        """The exclusion from weight decay by position (from a config), on these variables."""
+        if not self._exclusion_indices:
+            return
+        bad = [i for i in self._exclusion_indices if not 0 <= i < len(var_list)]
+        if bad:
+            raise ValueError(
+                f"`exclude_from_weight_decay` names the variables at {bad}, but the optimizer is built "
+                f"for {len(var_list)} variables. Received: exclude_from_weight_decay="
+                f"{self._exclusion_config()}"
+            )
+        excluded = set(getattr(self, "_exclude_from_weight_decay", ()))
+        self._exclude_from_weight_decay = excluded | {
+            self._var_key(var_list[i]) for i in self._exclusion_indices
+        }
+        self._exclude_from_weight_decay_cache = {}
 
     def build_slots(self, var_list):
         """Creates the optimizer's slots with `self.add_slots`; overridden by each rule."""
@@ -221,7 +294,24 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         if place is not None:
             group, position = place
             return group.view(self._buffers[name][group.index], position)
-        return self._slots[name][self._get_variable_index(variable)]
+        return self._slots[name][self._index_of(variable)]
+
+    def _index_of(self, variable) -> int:
+        """The variable's place among those the optimizer was built for, or a clear error."""
+        if isinstance(variable, np.ndarray) or not hasattr(variable, "shape"):
+            raise TypeError(
+                "`variable` must be one of the variables this optimizer was built for. "
+                f"Received: variable={variable!r} of type {type(variable).__name__}"
+            )
+        index = self._trainable_variables_indices.get(self._var_key(variable))
+        if index is None:
+            paths = [v.path for v in self._trainable_variables]
+            listed = ", ".join(paths[:6]) + (", ..." if len(paths) > 6 else "")
+            raise ValueError(
+                f"`variable` {getattr(variable, 'path', variable)!r} is not one of the {len(paths)} "
+                f"variables this optimizer was built for ({listed})."
+            )
+        return index
 
     def state(self, variable) -> dict:
         """The optimizer's state of `variable`: a dict from slot name to variable
@@ -232,16 +322,20 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         centered or with momentum), `{"m", "v", "v_max"}` for Adam (v_max with amsgrad).
         """
         self._require_built()
+        self._index_of(variable)
         return {name: self.slot(name, variable) for name in self._slots}
 
     def effective_learning_rate(self, variable, learning_rate=None):
         """The per-element factor that multiplies the rule's direction, shaped as `variable`.
 
         Computed from the current state by the same function that `update_step`
-        uses, at `learning_rate` (default: the optimizer's current learning rate)
+        uses, at `learning_rate` (a float >= 0 or a 0-d tensor; default: the
+        optimizer's current learning rate, which under a schedule is the next step's)
         and at the step count of the most recent step.
         """
         self._require_built()
+        if learning_rate is not None and not _symbolic(learning_rate):
+            learning_rate = check_float("learning_rate", learning_rate, "[0, inf)")
         lr = self.learning_rate if learning_rate is None else learning_rate
         return self.rate_from_state(self.state(variable), lr, self.iterations, variable)
 
@@ -271,6 +365,12 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
     def initial_mask_from_state(self, state: dict, variable):
         """`initial_state_mask` for slot values `state` held elsewhere."""
         return ops.zeros(variable.shape, "bool")
+
+    def state_meaning(self) -> dict:
+        """The settings that give the slots their meaning (a velocity with the learning
+        rate inside it is not one without): recorded in saved files, and checked when
+        a file is loaded. Overridden by the rules that have such settings."""
+        return {}
 
     def _rate_of_state(self, state, lr, t):
         """The rule's effective learning rate from slot values; overridden by each rule."""
@@ -347,6 +447,29 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
 
     def _apply_weight_decay(self, variables):
         """Keras' hook, a no-op here: `prepare` applies weight decay per variable."""
+
+    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+        """Keras' method (call it before `build`), recorded in the config: `var_names`
+        as given, `var_list` by the variables' positions once the optimizer is built."""
+        super().exclude_from_weight_decay(var_list=var_list, var_names=var_names)
+        self._exclusion_names, self._exclusion_indices = tuple(sorted(set(var_names or ()))), ()
+
+    def _exclusion_config(self):
+        """The exclusion from weight decay as the config records it, or None."""
+        indices = list(self._exclusion_indices)
+        by_variable = getattr(self, "_exclude_from_weight_decay", set())
+        if self.built:
+            indices = [i for i, v in enumerate(self._trainable_variables) if self._var_key(v) in by_variable]
+        elif by_variable and not indices:
+            warnings.warn(
+                f"{type(self).__name__}'s config cannot record `exclude_from_weight_decay(var_list=...)` "
+                "before the optimizer is built (it records the variables by their positions among those "
+                "it is built for): a copy made from this config decays them.",
+                stacklevel=3,
+            )
+        if not self._exclusion_names and not indices:
+            return None
+        return {"var_names": list(self._exclusion_names), "var_indices": indices}
 
     def _use_weight_decay(self, variable):
         if isinstance(variable, Group):
@@ -595,71 +718,76 @@ class OptlabOptimizer(keras.optimizers.Optimizer):
         return self._fused[key]
 
     # ------------------------------------------------------- saving, loading
+    def save_own_variables(self, store):
+        """Keras' saving, and the record of the rule beside it (`_saving`)."""
+        super().save_own_variables(store)
+        _saving.write_record(store, _saving.record(self))
+
     def load_own_variables(self, store):
-        """Keras' loading, which also takes an optimizer saved in the other slot layout
-        (`flat_slots`) for the same variables, and converts it."""
-        if self.built:
-            ours = self._slot_entries(self.flat_slots)
-            first = len(self.variables) - len(ours)  # the slots come after Keras' own variables
-            if not self._store_matches(store, first, ours):
-                other = self._slot_entries(not self.flat_slots)
-                if self._store_matches(store, first, other):
-                    store = self._converted(store, first, other, ours)
-        super().load_own_variables(store)
+        """Loads a saved state after checking that it is this rule's (`_saving`),
+        converting it from the other slot layout (`flat_slots`) if need be. Raises a
+        `ValueError` that says why, before anything is assigned, where it cannot be
+        loaded. Into an optimizer not yet built, the state is kept and loaded at
+        `build` (Keras would skip it and start from zero)."""
+        snapshot = _saving.snapshot(store)
+        if not self.built:
+            self._deferred_load = snapshot
+            return
+        self._assign_loaded(_saving.loadable(self, *snapshot))
 
-    def _slot_entries(self, flat: bool):
-        """The slot variables in the order `optimizer.variables` holds them in layout
-        `flat`: (slot name, group or None, variable index), a group for a buffer."""
-        variables = self._trainable_variables
-        groups = self._make_groups(variables) if flat else []
-        grouped = {self._var_key(v) for group in groups for v in group.variables}
-        entries = []
-        for name, slots in self._slots.items():
-            for index, variable in enumerate(variables):
-                own = self._var_key(variable) not in grouped
-                if own and (slots[index] is not None or self._var_key(variable) in self._flat_place):
-                    entries.append((name, None, index))
-            entries.extend((name, group, None) for group in groups)
-        return entries
-
-    def _store_matches(self, store, first, entries) -> bool:
-        """Whether `store` holds `first` variables of Keras' and then the slots `entries`."""
-        if len(store.keys()) != first + len(entries):
-            return False
-        variables = self._trainable_variables
-        return all(
-            tuple(store[str(first + k)].shape) == (group.shape if group else tuple(variables[index].shape))
-            for k, (_, group, index) in enumerate(entries)
-        )
-
-    def _converted(self, store, first, entries, ours):
-        """`store` (its slots in the layout of `entries`) in this optimizer's layout, `ours`."""
-        values = {}  # (slot name, variable index) -> value
-        indices = {self._var_key(v): i for i, v in enumerate(self._trainable_variables)}
-        for k, (name, group, index) in enumerate(entries):
-            value = store[str(first + k)][...]
-            if group is None:
-                values[name, index] = value
-            else:
-                for position, variable in enumerate(group.variables):
-                    start, end = group.offsets[position], group.offsets[position + 1]
-                    part = value[start:end].reshape(group.shapes[position])
-                    values[name, indices[self._var_key(variable)]] = part
-        out = {str(k): store[str(k)][...] for k in range(first)}
-        for k, (name, group, index) in enumerate(ours):
-            if group is None:
-                out[str(first + k)] = values[name, index]
-            else:
-                parts = [values[name, indices[self._var_key(v)]].reshape(-1) for v in group.variables]
-                out[str(first + k)] = np.concatenate(parts)
-        return out
+    def _assign_loaded(self, values):
+        """Assigns loaded values, once, also where `build` runs inside a traced step."""
+        with _eagerly():
+            for variable, value in zip(self.variables, values, strict=True):
+                variable.assign(value)
 
     def get_config(self):
         config = super().get_config()
         config["coupled_weight_decay"] = self.coupled_weight_decay
         config["fused_update"] = self.fused_update
         config["flat_slots"] = self.flat_slots
+        config["exclude_from_weight_decay"] = self._exclusion_config()
         return config
+
+
+def _check_exclusion(value):
+    """`exclude_from_weight_decay`: None, a list of variable names, or
+    `{"var_names": [...], "var_indices": [...]}`; returns the dict form or None."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        value = {"var_names": value}
+    if not isinstance(value, dict) or not set(value) <= {"var_names", "var_indices"}:
+        raise TypeError(
+            "`exclude_from_weight_decay` must be None, a list of variable names, or a dict with the keys "
+            f"'var_names' and 'var_indices'. Received: exclude_from_weight_decay={value!r}"
+        )
+    names, indices = list(value.get("var_names") or ()), list(value.get("var_indices") or ())
+    integer = [isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_)) for i in indices]
+    if not all(isinstance(name, str) for name in names) or not all(integer):
+        raise TypeError(
+            "`exclude_from_weight_decay` must list names (strings) and indices (ints). "
+            f"Received: exclude_from_weight_decay={value!r}"
+        )
+    return {"var_names": names, "var_indices": [int(i) for i in indices]}
+
+
+def _eagerly():
+    """A context in which TensorFlow runs operations at once, also inside a trace."""
+    if keras.backend.backend() != "tensorflow":
+        return contextlib.nullcontext()
+    import tensorflow as tf
+
+    return tf.init_scope()
+
+
+def _symbolic(tensor) -> bool:
+    """True for a tensor without a value yet (traced in a graph)."""
+    try:
+        np.asarray(tensor)
+    except Exception:
+        return True
+    return False
 
 
 def _under_tf_strategy() -> bool:

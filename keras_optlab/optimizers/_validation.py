@@ -3,6 +3,12 @@
 Every check raises before the optimizer changes anything, names the argument,
 and echoes the value it received, in the style of Keras' own messages:
 "`beta_2` must be in [0, 1). Received: beta_2=1.5".
+
+Numbers may come as Python numbers, NumPy scalars, or 0-d arrays and tensors of
+any backend (converted with `float()`: `tf.constant(0.9)` is float32's
+0.89999998, not 0.9). A value that passes these checks is then checked again in
+the dtype the update computes in, once the variables are known
+(`check_in_dtype`): 1e-50 is a valid epsilon in float64 and 0 in float32.
 """
 
 from __future__ import annotations
@@ -14,6 +20,21 @@ import numpy as np
 
 _BOUNDS = {"[": lambda x, lo: x >= lo, "(": lambda x, lo: x > lo}
 _UPPER = {"]": lambda x, hi: x <= hi, ")": lambda x, hi: x < hi}
+
+
+def _as_number(value):
+    """A Python number for a NumPy scalar or a concrete 0-d numeric array or tensor;
+    anything else unchanged (a symbolic tensor too: it has no value yet)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, (str, bytes)):
+        try:
+            array = np.asarray(value)
+        except Exception:  # a symbolic tensor
+            return value
+        if array.shape == () and np.issubdtype(array.dtype, np.number):
+            return array.item()
+    return value
 
 
 def _is_real_number(value) -> bool:
@@ -31,18 +52,44 @@ def check_float(name: str, value, interval: str = "[0, inf)", allow_none: bool =
     """
     if value is None and allow_none:
         return None
+    value = _as_number(value)
     if not _is_real_number(value):
         raise TypeError(
             f"`{name}` must be a float{' or None' if allow_none else ''}. "
             f"Received: {name}={value!r} of type {type(value).__name__}"
         )
     value = float(value)
-    lo_bracket, rest = interval[0], interval[1:-1]
-    hi_bracket = interval[-1]
-    lo, hi = (float(part) for part in rest.split(","))
-    if not math.isfinite(value) or not (_BOUNDS[lo_bracket](value, lo) and _UPPER[hi_bracket](value, hi)):
+    if not _in_interval(value, interval):
         raise ValueError(f"`{name}` must be a finite number in {interval}. Received: {name}={value!r}")
     return value
+
+
+def _in_interval(value: float, interval: str) -> bool:
+    lo_bracket, rest, hi_bracket = interval[0], interval[1:-1], interval[-1]
+    lo, hi = (float(part) for part in rest.split(","))
+    return math.isfinite(value) and _BOUNDS[lo_bracket](value, lo) and _UPPER[hi_bracket](value, hi)
+
+
+def check_in_dtype(name: str, value: float, interval: str, dtype: str, where: str = "") -> None:
+    """Raises unless `value` (already checked by `check_float`) keeps its meaning at
+    `dtype`, the dtype the update computes it in: finite, in `interval`, and, if not
+    0, a normal number (TensorFlow flushes subnormal numbers to 0, so 1e-40 acts as 0
+    in float32 and divides by zero where it is an epsilon). `where` says which
+    variables compute in that dtype."""
+    with np.errstate(over="ignore"):
+        cast = np.asarray(value, dtype=dtype)
+    if value == 0 or (_in_interval(float(cast), interval) and abs(cast) >= np.finfo(dtype).tiny):
+        return
+    if not np.isfinite(cast):
+        became = f"overflows to {float(cast)}"
+    elif cast == 0 or abs(cast) < np.finfo(dtype).tiny:
+        became = f"is {float(cast):g} there, below {dtype}'s smallest normal number {np.finfo(dtype).tiny:g}"
+    else:
+        became = f"rounds to {float(cast)!r} there, outside {interval}"
+    raise ValueError(
+        f"`{name}` cannot be used in {dtype}, the dtype the update computes in{where}: it {became}. "
+        f"Received: {name}={value!r}"
+    )
 
 
 def check_int(name: str, value, minimum: int, allow_none: bool = False):
@@ -77,27 +124,18 @@ def check_learning_rate(value):
     """A learning rate is a float >= 0, a `LearningRateSchedule` or a callable.
 
     Floats (and ints, NumPy scalars and concrete 0-d tensors) come back as a
-    Python float; schedules and callables come back unchanged.
+    Python float, checked also in float32, where Keras keeps the learning rate;
+    schedules and callables come back unchanged (what they return is the user's
+    care: it cannot be checked ahead).
     """
     if callable(value):  # LearningRateSchedule instances are callable too.
         return value
-    if hasattr(value, "shape") and not isinstance(value, np.generic):
-        try:
-            value = np.asarray(value)
-        except Exception as error:  # a symbolic tensor: checked when it runs
-            raise TypeError(
-                "`learning_rate` must be a float, a LearningRateSchedule or a "
-                f"callable. Received: learning_rate={value!r}"
-            ) from error
-        if value.shape != () or not np.issubdtype(value.dtype, np.number):
-            raise TypeError(
-                "`learning_rate` must be a float, a LearningRateSchedule or a "
-                f"callable. Received: learning_rate={value!r}"
-            )
-        value = value.item()
-    if not _is_real_number(value):
+    number = _as_number(value)
+    if not _is_real_number(number):
         raise TypeError(
             "`learning_rate` must be a float, a LearningRateSchedule or a "
             f"callable. Received: learning_rate={value!r} of type {type(value).__name__}"
         )
-    return check_float("learning_rate", value, "[0, inf)")
+    number = check_float("learning_rate", number, "[0, inf)")
+    check_in_dtype("learning_rate", number, "[0, inf)", "float32", " (Keras keeps learning rates in float32)")
+    return number

@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from keras_optlab.optimizers._base import OptlabOptimizer
-from keras_optlab.optimizers._validation import check_bool, check_float
+from keras_optlab.optimizers._validation import check_bool
 
 
 @keras.saving.register_keras_serializable(package="keras_optlab")
@@ -50,6 +50,7 @@ class Adagrad(OptlabOptimizer):
         },
         "optax": {"initial_accumulator_value": 0.1, "epsilon": 1e-7, "epsilon_inside_sqrt": True},
     }
+    HYPERPARAMETERS = {"initial_accumulator_value": "[0, inf)", "epsilon": "[0, inf)", "lr_decay": "[0, inf)"}
     _row_local = True
 
     def __init__(
@@ -61,8 +62,9 @@ class Adagrad(OptlabOptimizer):
         lr_decay=0.0,
         **kwargs,
     ):
-        initial_accumulator_value = check_float("initial_accumulator_value", initial_accumulator_value)
-        epsilon = check_float("epsilon", epsilon)
+        initial_accumulator_value, epsilon, lr_decay = self.checked(
+            initial_accumulator_value=initial_accumulator_value, epsilon=epsilon, lr_decay=lr_decay
+        )
         if epsilon == 0 and initial_accumulator_value == 0:
             raise ValueError(
                 "`epsilon` and `initial_accumulator_value` cannot both be 0: the first "
@@ -70,7 +72,6 @@ class Adagrad(OptlabOptimizer):
                 f"Received: epsilon={epsilon}, initial_accumulator_value={initial_accumulator_value}"
             )
         epsilon_inside_sqrt = check_bool("epsilon_inside_sqrt", epsilon_inside_sqrt)
-        lr_decay = check_float("lr_decay", lr_decay)
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.initial_accumulator_value = initial_accumulator_value
         self.epsilon = epsilon

@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from keras_optlab.optimizers._base import OptlabOptimizer
-from keras_optlab.optimizers._validation import check_bool, check_choice, check_float
+from keras_optlab.optimizers._validation import check_bool, check_choice
 
 
 @keras.saving.register_keras_serializable(package="keras_optlab")
@@ -66,6 +66,7 @@ class Adam(OptlabOptimizer):
         "optax": {"epsilon": 1e-8, "epsilon_hat": False, "amsgrad_max": "corrected"},
     }
 
+    HYPERPARAMETERS = {"beta_1": "[0, 1)", "beta_2": "[0, 1)", "epsilon": "(0, inf)"}
     _group_small = True  # its many element-wise operations launched once for all small variables
 
     def __init__(
@@ -80,9 +81,7 @@ class Adam(OptlabOptimizer):
         bias_correction=True,
         **kwargs,
     ):
-        beta_1 = check_float("beta_1", beta_1, "[0, 1)")
-        beta_2 = check_float("beta_2", beta_2, "[0, 1)")
-        epsilon = check_float("epsilon", epsilon, "(0, inf)")
+        beta_1, beta_2, epsilon = self.checked(beta_1=beta_1, beta_2=beta_2, epsilon=epsilon)
         amsgrad = check_bool("amsgrad", amsgrad)
         amsgrad_max = check_choice("amsgrad_max", amsgrad_max, ("raw", "corrected"))
         epsilon_hat = check_bool("epsilon_hat", epsilon_hat)
@@ -174,6 +173,9 @@ class Adam(OptlabOptimizer):
 
     def initial_mask_from_state(self, state, variable):
         return ops.equal(state["v"], 0)
+
+    def state_meaning(self):
+        return {"amsgrad_max": self.amsgrad_max} if self.amsgrad else {}  # the maximum's meaning
 
     def get_config(self):
         config = super().get_config()

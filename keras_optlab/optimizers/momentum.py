@@ -7,7 +7,7 @@ from typing import ClassVar
 import keras
 
 from keras_optlab.optimizers._base import OptlabOptimizer
-from keras_optlab.optimizers._validation import check_bool, check_float
+from keras_optlab.optimizers._validation import check_bool
 
 
 @keras.saving.register_keras_serializable(package="keras_optlab")
@@ -47,11 +47,12 @@ class Momentum(OptlabOptimizer):
         "optax": {"lr_in_momentum": False},
     }
 
+    HYPERPARAMETERS = {"momentum": "[0, 1]"}
     #: The fused kernels' Nesterov form (`NAG`) or the plain one (`_kernel_step`).
     _nesterov: ClassVar[bool] = False
 
     def __init__(self, learning_rate=0.01, momentum=0.9, lr_in_momentum=True, **kwargs):
-        momentum = check_float("momentum", momentum, "[0, 1]")
+        (momentum,) = self.checked(momentum=momentum)
         lr_in_momentum = check_bool("lr_in_momentum", lr_in_momentum)
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.momentum = momentum
@@ -92,6 +93,9 @@ class Momentum(OptlabOptimizer):
             use_nesterov=self._nesterov,
         )
         return True
+
+    def state_meaning(self):
+        return {"lr_in_momentum": self.lr_in_momentum}  # the velocity's units
 
     def get_config(self):
         config = super().get_config()

@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from keras_optlab.optimizers._base import OptlabOptimizer
-from keras_optlab.optimizers._validation import check_bool, check_float
+from keras_optlab.optimizers._validation import check_bool
 
 
 @keras.saving.register_keras_serializable(package="keras_optlab")
@@ -54,6 +54,7 @@ class RMSProp(OptlabOptimizer):
         "optax": {"rho": 0.9, "epsilon": 1e-8, "epsilon_inside_sqrt": True, "lr_in_momentum": True},
     }
 
+    HYPERPARAMETERS = {"rho": "[0, 1)", "epsilon": "(0, inf)", "momentum": "[0, 1]"}
     _group_small = True  # its many element-wise operations launched once for all small variables
 
     def __init__(
@@ -67,11 +68,10 @@ class RMSProp(OptlabOptimizer):
         lr_in_momentum=True,
         **kwargs,
     ):
-        rho = check_float("rho", rho, "[0, 1)")
-        epsilon = check_float("epsilon", epsilon, "(0, inf)")
+        rho, epsilon = self.checked(rho=rho, epsilon=epsilon)
         epsilon_inside_sqrt = check_bool("epsilon_inside_sqrt", epsilon_inside_sqrt)
         centered = check_bool("centered", centered)
-        momentum = check_float("momentum", momentum, "[0, 1]")
+        (momentum,) = self.checked(momentum=momentum)
         lr_in_momentum = check_bool("lr_in_momentum", lr_in_momentum)
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.rho = rho
@@ -126,6 +126,9 @@ class RMSProp(OptlabOptimizer):
 
     def initial_mask_from_state(self, state, variable):
         return ops.equal(state["cache"], 0)
+
+    def state_meaning(self):
+        return {"lr_in_momentum": self.lr_in_momentum} if self.momentum > 0 else {}  # the buffer's units
 
     def get_config(self):
         config = super().get_config()
