@@ -1,8 +1,12 @@
-"""The one list of optimizers under test, and how a trajectory is run.
+"""The one list of rules under test, and how a trajectory is run.
 
-`OPTIMIZERS` holds each optimizer at its defaults (shared behaviour is tested
-once over it). `CASES` adds the documented conventions of each rule, each paired
-with the NumPy reference of `reference.py` and the same keyword arguments.
+`CASES` holds each rule under test in its documented conventions, each paired with
+its NumPy reference (`reference.py`) and the same keyword arguments: the library's
+six, and `lion.py`, a seventh rule written against the rule protocol alone, which
+runs through every driver, saving and loading and the diagnostics from here.
+`RULES` is each of their classes once. `OPTIMIZERS` holds the library's own six at
+their defaults (their public behaviour is tested once over it), `LIBRARY_CASES`
+their cases.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import keras
 import numpy as np
 
 import keras_optlab as ko
-from tests import reference
+from tests import lion, reference
 
 REFERENCES = {
     ko.SGD: reference.sgd,
@@ -22,9 +26,10 @@ REFERENCES = {
     ko.Adagrad: reference.adagrad,
     ko.RMSProp: reference.rmsprop,
     ko.Adam: reference.adam,
+    lion.Lion: lion.reference,
 }
 
-#: Each optimizer at its defaults: the one list that shared checks run over.
+#: The library's six optimizers at their defaults: their public behaviour is tested once over them.
 OPTIMIZERS = list(ko.ALL)
 
 
@@ -45,7 +50,8 @@ class Case:
         return REFERENCES[self.cls](w, grads, lrs, **{**self.kwargs, **extra})
 
 
-CASES = [Case(cls, {}) for cls in OPTIMIZERS] + [
+#: The library's rules in their documented conventions.
+LIBRARY_CASES = [Case(cls, {}) for cls in OPTIMIZERS] + [
     Case(ko.Momentum, {"lr_in_momentum": False, "momentum": 0.8}),
     Case(ko.NAG, {"lr_in_momentum": False}),
     Case(ko.SGD, {"weight_decay": 0.05, "coupled_weight_decay": True}),
@@ -62,10 +68,19 @@ CASES = [Case(cls, {}) for cls in OPTIMIZERS] + [
     Case(ko.Adam, {"bias_correction": False, "beta_2": 0.99}),
     Case(ko.Adam, {"weight_decay": 0.01, "coupled_weight_decay": True}),
 ]
+#: Every rule under test: the library's, and the seventh of `lion.py`.
+CASES = [
+    *LIBRARY_CASES,
+    Case(lion.Lion, {}),
+    Case(lion.Lion, {"beta_1": 0.95, "beta_2": 0.98, "weight_decay": 0.1}),
+]
+#: Each rule under test, once.
+RULES = list(REFERENCES)
 
 #: Learning rates under which the rule tests run: a schedule changes the rate at
 #: every step, so that "lr inside or outside the buffer" shows.
 BASE_LR = {ko.SGD: 0.05, ko.Momentum: 0.02, ko.NAG: 0.02, ko.Adagrad: 0.1, ko.RMSProp: 0.01, ko.Adam: 0.01}
+BASE_LR[lion.Lion] = 0.003
 
 
 def schedule(cls, steps):

@@ -12,35 +12,33 @@ import numpy as np
 import pytest
 
 import keras_optlab as ko
-from keras_optlab.optimizers import _base
+from keras_optlab.optimizers import _paths
 from keras_optlab.optimizers._groups import Group
-from tests.cases import OPTIMIZERS, Case, schedule
+from tests.cases import OPTIMIZERS, RULES, Case, schedule
 
 TF = keras.backend.backend() == "tensorflow"
 # Small variables of several shapes (a scalar among them) and one that is not small.
-SHAPES = [(3, 4), (5,), (), (2, 3, 2), (_base.FUSE_MIN_SIZE + 10,)]
+SHAPES = [(3, 4), (5,), (), (2, 3, 2), (_paths.SMALL + 10,)]
+# The same, with small variables enough for a group that the policy compiles.
+BIG_GROUPS = [*SHAPES[:-1], (_paths.GROUP_COMPILE_MIN // 2,), (_paths.GROUP_COMPILE_MIN // 2,), SHAPES[-1]]
 STEPS = 30
+# Slot layouts, and the drivers that take groups (chosen by `fused_update`).
 LAYOUTS = {
     "op by op": {"fused_update": False},
     "default": {},
     "flat slots": {"flat_slots": True},
     "flat slots, op by op": {"flat_slots": True, "fused_update": False},
+    "compiled groups": {"fused_update": "compiled_group"},
+    "flat slots, compiled groups": {"flat_slots": True, "fused_update": "compiled_group"},
 }
 # Each optimizer with weight decay (decoupled, or coupled: the weights enter the
 # gradient), and the switches that add slots.
-CASES = [Case(cls, {"weight_decay": 0.01}) for cls in OPTIMIZERS] + [
+CASES = [Case(cls, {"weight_decay": 0.01}) for cls in RULES] + [
     Case(ko.Adam, {"amsgrad": True, "weight_decay": 0.01, "coupled_weight_decay": True}),
     Case(ko.RMSProp, {"centered": True, "momentum": 0.9}),
     Case(ko.Momentum, {"lr_in_momentum": False}),
 ]
 MISSING = 1  # the variable that gets no gradient at every fourth step
-
-
-@pytest.fixture(autouse=True)
-def compile_small_groups(monkeypatch):
-    """The groups here are tiny; in a TensorFlow graph they are compiled as a big one
-    would be (`test_a_group_is_compiled_from_its_size` keeps the real threshold)."""
-    monkeypatch.setattr(_base, "GROUP_COMPILE_MIN_SIZE", 1)
 
 
 def _gradients(dtype, shapes=SHAPES):
@@ -49,40 +47,27 @@ def _gradients(dtype, shapes=SHAPES):
 
 
 def _trajectory(optimizer, dtype="float64", jit=False, shapes=SHAPES, grads=None):
-    """Weights and per-variable state after STEPS steps, one variable going without a
-    gradient every fourth step and one excluded from weight decay; and the path of
-    each update as traced (the kind of variable `update_step` was given, "kernel", or
-    "compiled" for a group's step compiled by XLA)."""
+    return _trajectories([optimizer], dtype, jit, shapes, grads)[0]
+
+
+def _trajectories(optimizers, dtype="float64", jit=False, shapes=SHAPES, grads=None):
+    """For each optimizer (each on its own variables, all stepped in one function):
+    weights and per-variable state after STEPS steps, one variable going without a
+    gradient every fourth step and one excluded from weight decay; and the paths its
+    steps took (`update_plan`): Group for a group's step, and "compiled" where XLA
+    compiled it, "kernel", "xla", "reference")."""
     rng = np.random.default_rng(1)
-    variables = [
-        keras.Variable(rng.normal(size=shape).astype(dtype), dtype=dtype, name=f"w{i}")
-        for i, shape in enumerate(shapes)
-    ]
-    optimizer.exclude_from_weight_decay(var_names=["w3"])  # a small variable without decay
-    optimizer.build(variables)
-    given = []
-    update_step, kernel_step = optimizer.update_step, optimizer._kernel_step
-
-    def spy(gradient, variable, learning_rate):
-        given.append(type(variable))
-        return update_step(gradient, variable, learning_rate)
-
-    def kernel_spy(gradient, variable, learning_rate):
-        taken = kernel_step(gradient, variable, learning_rate)
-        given.extend(["kernel"] if taken else [])
-        return taken
-
-    compiled_group_step = optimizer._compiled_group_step
-
-    def compiled_spy(*args):
-        given.append("compiled")
-        return compiled_group_step(*args)
-
-    optimizer.update_step, optimizer._kernel_step = spy, kernel_spy
-    optimizer._compiled_group_step = compiled_spy
+    initial = [rng.normal(size=shape).astype(dtype) for shape in shapes]
+    runs = []
+    for optimizer in optimizers:
+        variables = [keras.Variable(w, dtype=dtype, name=f"w{i}") for i, w in enumerate(initial)]
+        optimizer.exclude_from_weight_decay(var_names=["w3"])  # a small variable without decay
+        optimizer.build(variables)
+        runs.append((optimizer, variables, set()))
 
     def step(gs):
-        optimizer.apply(gs, variables)
+        for optimizer, variables, _ in runs:
+            optimizer.apply(gs, variables)
 
     if TF:
         import tensorflow as tf
@@ -95,9 +80,24 @@ def _trajectory(optimizer, dtype="float64", jit=False, shapes=SHAPES, grads=None
         with warnings.catch_warnings():  # Keras warns of the missing gradient
             warnings.simplefilter("ignore")
             step(gs)
-    weights = [keras.ops.convert_to_numpy(v) for v in variables]
-    states = [{k: keras.ops.convert_to_numpy(s) for k, s in optimizer.state(v).items()} for v in variables]
-    return weights, states, given
+        for optimizer, _, plans in runs:
+            plans.update((driver, tuple(paths)) for driver, paths in optimizer.update_plan)
+    out = []
+    for optimizer, variables, plans in runs:
+        weights = [keras.ops.convert_to_numpy(v) for v in variables]
+        states = [
+            {k: keras.ops.convert_to_numpy(s) for k, s in optimizer.state(v).items()} for v in variables
+        ]
+        out.append((weights, states, _given(plans)))
+    return out
+
+
+def _given(plans):
+    given = []
+    for driver, paths in plans:
+        given += [Group, "compiled"] if driver == "compiled_group" else [Group] if driver == "group" else []
+        given += [driver] * len(paths) if driver in ("kernel", "xla", "reference") else []
+    return given
 
 
 def _assert_same(a, b, **tolerance):
@@ -114,9 +114,11 @@ def _assert_same(a, b, **tolerance):
 def test_every_layout_takes_the_same_steps(case):
     """Float rounding apart (the XLA-compiled update of the large variable uses fused
     multiply-adds), every path and layout gives the same weights and state."""
-    reference = _trajectory(case.optimizer(learning_rate=schedule(case.cls, STEPS), fused_update=False))
-    for name, layout in LAYOUTS.items():
-        got = _trajectory(case.optimizer(learning_rate=schedule(case.cls, STEPS), **layout))
+    optimizers = [
+        case.optimizer(learning_rate=schedule(case.cls, STEPS), **layout) for layout in LAYOUTS.values()
+    ]
+    reference, *others = _trajectories(optimizers)
+    for name, got in zip(list(LAYOUTS)[1:], others, strict=True):
         _assert_same(got, reference, rtol=1e-12, atol=1e-15, err_msg=name)
 
 
@@ -128,10 +130,8 @@ def test_which_path_the_small_variables_take(cls):
     on the other backends. A group's step is compiled in a TensorFlow graph, unless
     `fused_update=False`."""
     has_slots = cls is not ko.SGD
-    *_, flat = _trajectory(cls(flat_slots=True))
-    *_, flat_op_by_op = _trajectory(cls(flat_slots=True, fused_update=False))
-    optimizer = cls()
-    *_, default = _trajectory(optimizer)
+    optimizers = [cls(flat_slots=True), cls(flat_slots=True, fused_update=False), cls()]
+    (*_, flat), (*_, flat_op_by_op), (*_, default) = _trajectories(optimizers, shapes=BIG_GROUPS)
     assert (Group in flat) == (Group in flat_op_by_op) == has_slots
     assert (Group in default) == (cls in (ko.RMSProp, ko.Adam) and TF)
     assert ("compiled" in flat) == (has_slots and TF)
@@ -144,7 +144,7 @@ def test_which_path_the_small_variables_take(cls):
     else:
         assert set(default) == {"kernel"}  # every variable, none op by op
     # An XLA cluster for the large variable where no kernel computes the rule.
-    assert len(optimizer._fused) == (1 if cls is ko.RMSProp and TF else 0)
+    assert default.count("xla") == (1 if cls is ko.RMSProp and TF else 0)
     if TF:
         *_, xla = _trajectory(cls(), jit=True)
         assert Group not in xla and "kernel" not in xla
@@ -153,11 +153,10 @@ def test_which_path_the_small_variables_take(cls):
 
 
 @pytest.mark.skipif(not TF, reason="groups are compiled in TensorFlow graphs only")
-def test_a_group_is_compiled_from_its_size(monkeypatch):
-    """Compiling a group pays from `GROUP_COMPILE_MIN_SIZE` elements on: a smaller one
+def test_a_group_is_compiled_from_its_size():
+    """Compiling a group pays from `GROUP_COMPILE_MIN` elements on: a smaller one
     steps op by op, the same numbers."""
-    monkeypatch.undo()
-    half = _base.GROUP_COMPILE_MIN_SIZE // 2
+    half = _paths.GROUP_COMPILE_MIN // 2
     for shapes, compiled in ([(3, 4), (5,)], False), ([(half,), (half,)], True):
         got = _trajectory(ko.Adam(flat_slots=True), shapes=shapes)
         assert ("compiled" in got[2]) == compiled

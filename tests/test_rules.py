@@ -4,7 +4,6 @@ import keras
 import numpy as np
 import pytest
 
-import keras_optlab as ko
 from tests.cases import CASES, random_gradients, run, schedule
 
 STEPS = 220
@@ -54,50 +53,46 @@ def test_every_switch_changes_the_trajectory(case, key):
     assert np.max(np.abs(got - want) / (np.abs(want) + 1e-8)) > 1e-6
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the fused update is TensorFlow's")
+# Every driver of `_paths.py` that a case can take, held to the reference driver.
+# Kernels where the rule declares one (SGD, Momentum and NAG; Adam without amsgrad;
+# Adagrad with epsilon outside the root).
+def _drivers(case):
+    has_kernel = case.optimizer().kernel() is not None
+    return ["xla", "group", "compiled_group"] + (["kernel"] if has_kernel else [])
+
+
+DRIVER_CASES = [(case, driver) for case in CASES for driver in _drivers(case)]
+# Float rounding apart (a kernel or XLA orders its arithmetic otherwise, with fused
+# multiply-adds), equal.
+DRIVER_TOLERANCE = {"float64": {"rtol": 1e-11, "atol": 1e-14}, "float32": {"rtol": 1e-5, "atol": 1e-6}}
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the fast drivers are TensorFlow's")
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_fused_update_is_the_same_rule(case, monkeypatch):
-    """The XLA-fused update against the op-by-op one: float rounding apart, equal.
-    (Fused from 1 element on, so that the small test variable takes that path.)"""
-    from keras_optlab.optimizers import _base
+def test_every_driver_takes_the_steps_of_the_reference_driver(case):
+    """220 steps with a schedule on a float64 and a float32 variable: each driver,
+    chosen by `fused_update` (and seen to take the steps), against `fused_update=False`."""
+    import tensorflow as tf
 
-    monkeypatch.setattr(_base, "FUSE_MIN_SIZE", 1)
-    monkeypatch.setattr(case.cls, "_kernel_step", lambda *args: False)  # the cluster, not a kernel
-    grads = random_gradients(SHAPE, STEPS)
     w0 = np.random.default_rng(1).normal(size=SHAPE)
-    sched = schedule(case.cls, STEPS)
-    optimizer = case.optimizer(learning_rate=sched)
-    fused, _ = run(optimizer, w0, grads, "float64")
-    assert len(optimizer._fused) == 1  # the update did go through the compiled cluster
-    plain, _ = run(case.optimizer(learning_rate=sched, fused_update=False), w0, grads, "float64")
-    np.testing.assert_allclose(fused, plain, rtol=1e-12, atol=1e-14)
+    runs = {}  # driver -> (optimizer, variables, weights after each step)
+    for driver in ["reference", *_drivers(case)]:
+        optimizer = case.optimizer(learning_rate=schedule(case.cls, STEPS), fused_update=driver)
+        variables = [keras.Variable(w0.astype(dtype), dtype=dtype) for dtype in DRIVER_TOLERANCE]
+        optimizer.build(variables)
+        runs[driver] = (optimizer, variables, [])
 
+    @tf.function
+    def step(gradients):
+        for optimizer, variables, _ in runs.values():
+            optimizer.apply(gradients, variables)
 
-# Where a fused kernel computes the rule: SGD, Momentum and NAG, Adam without amsgrad,
-# Adagrad with epsilon outside the root.
-KERNEL_CASES = (
-    [case for case in CASES if case.cls in (ko.SGD, ko.Momentum, ko.NAG)]
-    + [case for case in CASES if case.cls is ko.Adam and not case.kwargs.get("amsgrad")]
-    + [case for case in CASES if case.cls is ko.Adagrad and not case.kwargs.get("epsilon_inside_sqrt")]
-)
-
-
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the kernels are TensorFlow's")
-@pytest.mark.parametrize("case", KERNEL_CASES, ids=lambda c: c.id)
-def test_fused_kernel_is_the_same_rule(case, monkeypatch):
-    """TensorFlow's fused kernel against the op-by-op rule, in float64 with a schedule:
-    float rounding apart, equal (the kernel orders its arithmetic otherwise)."""
-    from keras_optlab.optimizers import _base
-
-    monkeypatch.setattr(_base, "FUSE_MIN_SIZE", 1)
-    calls = []
-    kernel_step = case.cls._kernel_step
-    monkeypatch.setattr(case.cls, "_kernel_step", lambda *args: calls.append(1) or kernel_step(*args))
-    grads = random_gradients(SHAPE, STEPS)
-    w0 = np.random.default_rng(1).normal(size=SHAPE)
-    sched = schedule(case.cls, STEPS)
-    optimizer = case.optimizer(learning_rate=sched)
-    fused, _ = run(optimizer, w0, grads, "float64")
-    assert calls and not optimizer._fused  # the kernel took the steps, no XLA cluster
-    plain, _ = run(case.optimizer(learning_rate=sched, fused_update=False), w0, grads, "float64")
-    np.testing.assert_allclose(fused, plain, rtol=1e-11, atol=1e-14)
+    for g in random_gradients(SHAPE, STEPS):
+        step([tf.constant(g, dtype) for dtype in DRIVER_TOLERANCE])
+        for _, variables, weights in runs.values():
+            weights.append([v.numpy() for v in variables])
+    for driver, (optimizer, _, _) in runs.items():
+        assert {name for name, _ in optimizer.update_plan} == {driver}, optimizer.update_plan
+        for k, dtype in enumerate(DRIVER_TOLERANCE):
+            got, want = (np.array([w[k] for w in run[2]]) for run in (runs[driver], runs["reference"]))
+            np.testing.assert_allclose(got, want, err_msg=f"{driver}, {dtype}", **DRIVER_TOLERANCE[dtype])

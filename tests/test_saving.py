@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import keras_optlab as ko
-from tests.cases import OPTIMIZERS
+from tests.cases import RULES
 
 EPOCHS = 4
 
@@ -51,7 +51,7 @@ def _assert_same(a, b):
         np.testing.assert_array_equal(x.numpy(), y.numpy())
 
 
-@pytest.mark.parametrize("cls", OPTIMIZERS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", RULES, ids=lambda c: c.__name__)
 def test_save_and_load_model_resumes_bit_for_bit(cls, tmp_path):
     half = _fit(_model(cls.like("pytorch", weight_decay=0.01)), EPOCHS // 2)
     half.save(tmp_path / "m.keras")

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import keras_optlab as ko
 from tests import reference
-from tests.cases import CASES, OPTIMIZERS, random_gradients
+from tests.cases import LIBRARY_CASES, OPTIMIZERS, random_gradients
 
 
 def _direction(opt, state, g):
@@ -27,7 +27,7 @@ def _direction(opt, state, g):
     return -rate * g
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("case", LIBRARY_CASES, ids=lambda c: c.id)
 def test_step_is_rebuilt_from_state_and_effective_rate(case):
     """Each step's change, rebuilt element by element from `state()` and
     `effective_learning_rate()` by the documented rule, equals the change applied."""

@@ -26,15 +26,17 @@ import warnings
 import keras
 import numpy as np
 
+from keras_optlab.optimizers import _layout
+
 #: The name of the record's attribute in the file.
 RECORD = "keras_optlab"
 FORMAT = 1
 
 
 def rule_class(optimizer) -> type:
-    """The class whose `update_step` the optimizer runs (a subclass that changes
-    nothing of the rule loads the files of its parent, and the other way round)."""
-    return next(cls for cls in type(optimizer).__mro__ if "update_step" in vars(cls))
+    """The class whose `step` the optimizer runs (a subclass that changes nothing of
+    the rule loads the files of its parent, and the other way round)."""
+    return next(cls for cls in type(optimizer).__mro__ if "step" in vars(cls))
 
 
 def rule_name(optimizer) -> str:
@@ -51,7 +53,7 @@ def record(optimizer) -> dict:
         "format": FORMAT,
         "rule": rule_name(optimizer),
         "built": True,
-        "slots": list(optimizer._slots),
+        "slots": [slot.name for slot in optimizer.slots()],
         "meaning": optimizer.state_meaning(),
         "flat_slots": optimizer.flat_slots,
     }
@@ -97,10 +99,10 @@ def loadable(optimizer, values: dict, saved: dict | None, path: str) -> list:
     if not built and len(values) == unbuilt and _keras_own_match(optimizer, values, unbuilt):
         # saved before its first step: its slots held their initial values, as ours do now
         return [values[str(k)] for k in range(unbuilt)] + _values(optimizer.variables[unbuilt:])
-    ours = slot_entries(optimizer, optimizer.flat_slots)
+    ours = _layout.entries(optimizer, optimizer.flat_slots)
     first = len(optimizer.variables) - len(ours)
     for flat in [saved["flat_slots"]] if built else [optimizer.flat_slots, not optimizer.flat_slots]:
-        entries = ours if flat == optimizer.flat_slots else slot_entries(optimizer, flat)
+        entries = ours if flat == optimizer.flat_slots else _layout.entries(optimizer, flat)
         if len(values) == first + len(entries) and _keras_own_match(optimizer, values, first):
             if _slots_match(optimizer, values, first, entries):
                 if flat != optimizer.flat_slots:
@@ -117,7 +119,7 @@ def _values(variables) -> list:
 def _check_rule(optimizer, saved: dict) -> None:
     here = {
         "rule": rule_name(optimizer),
-        "slots": list(optimizer._slots),
+        "slots": [slot.name for slot in optimizer.slots()],
         "meaning": optimizer.state_meaning(),
     }
     there = {key: saved.get(key) for key in here}
@@ -168,22 +170,6 @@ def _refuse_under_loss_scaling(optimizer, path: str, saved_flat: bool) -> None:
             "LossScaleOptimizer would silently keep its initial loss scale and step counter. Load it "
             f"into an optimizer with flat_slots={saved_flat}. Its state is left as it was."
         )
-
-
-def slot_entries(optimizer, flat: bool) -> list:
-    """The slot variables in the order `optimizer.variables` holds them in layout
-    `flat`: (slot name, group or None, variable index), a group for a buffer."""
-    variables = optimizer._trainable_variables
-    groups = optimizer._make_groups(variables) if flat else []
-    grouped = {optimizer._var_key(v) for group in groups for v in group.variables}
-    entries = []
-    for name, slots in optimizer._slots.items():
-        for index, variable in enumerate(variables):
-            own = optimizer._var_key(variable) not in grouped
-            if own and (slots[index] is not None or optimizer._var_key(variable) in optimizer._flat_place):
-                entries.append((name, None, index))
-        entries.extend((name, group, None) for group in groups)
-    return entries
 
 
 def _keras_own_match(optimizer, values, count) -> bool:

@@ -29,11 +29,25 @@ def sum_duplicates(gradient):
     return values, rows
 
 
+def dense(gradient):
+    """`gradient` as a dense tensor (duplicate indices summed), whatever it is."""
+    return to_dense(gradient) if is_indexed_slices(gradient) else gradient
+
+
 def to_dense(gradient):
     """The dense gradient; duplicate indices are summed, as `tf.convert_to_tensor` does."""
     import tensorflow as tf
 
     return tf.convert_to_tensor(gradient)
+
+
+def rows_of(value, rows):
+    """`value` (a variable) whole, or its `rows` only."""
+    if rows is None:
+        return value
+    from keras import ops
+
+    return ops.take(value, rows, axis=0)
 
 
 def at_rows(value, rows):

@@ -139,3 +139,21 @@ def check_learning_rate(value):
     number = check_float("learning_rate", number, "[0, inf)")
     check_in_dtype("learning_rate", number, "[0, inf)", "float32", " (Keras keeps learning rates in float32)")
     return number
+
+
+def check_in_dtypes(optimizer, var_list) -> None:
+    """Each float hyperparameter of `optimizer` (`HYPERPARAMETERS`, and weight decay)
+    in each dtype its update will compute in for `var_list` (`check_in_dtype`)."""
+    import keras
+
+    by_dtype = {}
+    for variable in var_list:
+        dtype = str(keras.backend.standardize_dtype(variable.dtype))
+        by_dtype.setdefault(optimizer.compute_dtype(variable), set()).add(dtype)
+    checks = dict(optimizer.HYPERPARAMETERS)
+    if optimizer.weight_decay:
+        checks["weight_decay"] = "[0, inf)"
+    for dtype, sources in by_dtype.items():
+        where = f" for {'/'.join(sorted(sources))} variables"
+        for name, interval in checks.items():
+            check_in_dtype(name, getattr(optimizer, name), interval, dtype, where)

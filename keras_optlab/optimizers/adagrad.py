@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_optlab.optimizers._base import OptlabOptimizer
+from keras_optlab.optimizers._rule import CACHE, Slot
 from keras_optlab.optimizers._validation import check_bool
 
 
@@ -51,7 +52,7 @@ class Adagrad(OptlabOptimizer):
         "optax": {"initial_accumulator_value": 0.1, "epsilon": 1e-7, "epsilon_inside_sqrt": True},
     }
     HYPERPARAMETERS = {"initial_accumulator_value": "[0, inf)", "epsilon": "[0, inf)", "lr_decay": "[0, inf)"}
-    _row_local = True
+    row_local = True
 
     def __init__(
         self,
@@ -78,50 +79,41 @@ class Adagrad(OptlabOptimizer):
         self.epsilon_inside_sqrt = epsilon_inside_sqrt
         self.lr_decay = lr_decay
 
-    def build_slots(self, var_list):
-        self.add_slots(var_list, "cache", self.initial_accumulator_value)
+    def slots(self):
+        return (Slot("cache", self.initial_accumulator_value, role=CACHE),)
 
-    def _rate(self, lr, cache, t):
-        """eta / (1 + (t-1) * lr_decay) / (sqrt(cache) + eps), eps inside the root if asked."""
-        eps = self.hyper(self.epsilon, cache.dtype)
-        if self.lr_decay:  # without decay, no per-step scalars to compute (t may be None)
-            lr = lr / (1 + (t - 1) * self.hyper(self.lr_decay, cache.dtype))
+    def step(self, g, state, lr, t):
+        cache = state["cache"] + ops.square(g)  # c += g^2
+        return -(self.rate({"cache": cache}, lr, t) * g), {"cache": cache}  # w -= rate * g
+
+    def rate(self, state, lr, t):
+        """eta' / (sqrt(c) + eps), eps inside the root if asked."""
+        cache, eps = state["cache"], self.hyper(self.epsilon, lr.dtype)
+        lr = self._decayed(lr, t)
         return lr / (ops.sqrt(cache + eps) if self.epsilon_inside_sqrt else ops.sqrt(cache) + eps)
 
-    def update_step(self, gradient, variable, learning_rate):
-        g, lr, rows = self.prepare(gradient, variable, learning_rate)
-        cache = self.slot("cache", variable)
-        c = self.read(cache, rows, g.dtype) + ops.square(g)  # c += g^2
-        self.assign(cache, self.at_rows(c, rows))
-        rate = self._rate(lr, c, self.step_count(g.dtype) if self.lr_decay else None)
-        self.assign_sub(variable, self.at_rows(rate * g, rows))  # w -= rate * g
+    def _decayed(self, lr, t):
+        """eta' = eta / (1 + (t-1) * lr_decay), PyTorch's decay (none at 0)."""
+        return lr / (1 + (t - 1) * self.hyper(self.lr_decay, lr.dtype)) if self.lr_decay else lr
 
-    def _kernel_step(self, gradient, variable, learning_rate):
-        """The same step through TensorFlow's `ResourceApplyAdagradV2` kernel,
-        `c += g^2; w -= lr g / (sqrt(c) + eps)`, at the decayed learning rate. Only with
-        epsilon outside the root."""
-        if self.epsilon_inside_sqrt:
-            return False
+    def gradient_squared(self, before, after, change, lr, t):
+        return after["cache"] - before["cache"]
+
+    def kernel(self):
+        return None if self.epsilon_inside_sqrt else self._adagrad_kernel
+
+    def _adagrad_kernel(self, variable, slots, g, lr, t):
+        """TensorFlow's `ResourceApplyAdagradV2`, `c += g^2; w -= lr g / (sqrt(c) + eps)`, at
+        the decayed learning rate (epsilon outside the root only)."""
         import tensorflow as tf
 
-        g, lr, _ = self.prepare(gradient, variable, learning_rate)
-        if self.lr_decay:
-            lr = lr / (1 + (self.step_count(g.dtype) - 1) * self.hyper(self.lr_decay, g.dtype))
         tf.raw_ops.ResourceApplyAdagradV2(
             var=variable.handle,
-            accum=self.slot("cache", variable).value.handle,
-            lr=lr,
+            accum=slots["cache"].handle,
+            lr=self._decayed(lr, t),
             epsilon=self.hyper(self.epsilon, g.dtype),
             grad=g,
         )
-        return True
-
-    def _rate_of_state(self, state, lr, t):
-        return self._rate(lr, state["cache"], t)
-
-    def initial_mask_from_state(self, state, variable):
-        cache = state["cache"]
-        return ops.equal(cache, self.hyper(self.initial_accumulator_value, cache.dtype))
 
     def get_config(self):
         config = super().get_config()

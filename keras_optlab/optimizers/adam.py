@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_optlab.optimizers._base import OptlabOptimizer
+from keras_optlab.optimizers._rule import CACHE, MOMENTUM, Slot
 from keras_optlab.optimizers._validation import check_bool, check_choice
 
 
@@ -67,7 +68,7 @@ class Adam(OptlabOptimizer):
     }
 
     HYPERPARAMETERS = {"beta_1": "[0, 1)", "beta_2": "[0, 1)", "epsilon": "(0, inf)"}
-    _group_small = True  # its many element-wise operations launched once for all small variables
+    group_small = True  # its many element-wise operations launched once for all small variables
 
     def __init__(
         self,
@@ -95,11 +96,36 @@ class Adam(OptlabOptimizer):
         self.epsilon_hat = epsilon_hat
         self.bias_correction = bias_correction
 
-    def build_slots(self, var_list):
-        self.add_slots(var_list, "m")
-        self.add_slots(var_list, "v")
-        if self.amsgrad:
-            self.add_slots(var_list, "v_max")
+    def slots(self):
+        v_max = (Slot("v_max"),) if self.amsgrad else ()
+        return (Slot("m", role=MOMENTUM), Slot("v", role=CACHE), *v_max)
+
+    def step(self, g, state, lr, t):
+        beta_1, beta_2 = self.hyper(self.beta_1, g.dtype), self.hyper(self.beta_2, g.dtype)
+        m = beta_1 * state["m"] + (1 - beta_1) * g  # first moment
+        v = beta_2 * state["v"] + (1 - beta_2) * ops.square(g)  # second moment
+        new = {"m": m, "v": v}
+        correction_1, correction_2 = self._corrections(t, g.dtype)  # bias corrections
+        if self.amsgrad:  # running maximum of v (raw) or of v_hat (corrected)
+            new["v_max"] = self.maximum(state["v_max"], v if self.amsgrad_max == "raw" else v * correction_2)
+        return -(self.rate(new, lr, t) * (m * correction_1)), new  # w -= rate * m_hat
+
+    def rate(self, state, lr, t):
+        """eta / (sqrt(v_hat) + eps_hat), eps_hat = eps / sqrt(1 - beta_2^t) if epsilon_hat."""
+        _, correction_2 = self._corrections(t, lr.dtype)
+        if self.amsgrad and self.amsgrad_max == "corrected":
+            v_hat = state["v_max"]
+        else:
+            v_hat = state["v_max" if self.amsgrad else "v"] * correction_2
+        eps = self.hyper(self.epsilon, lr.dtype)
+        eps_hat = eps * ops.sqrt(correction_2) if self.epsilon_hat else eps
+        return lr / (ops.sqrt(v_hat) + eps_hat)
+
+    def _powers(self, t, dtype):
+        """(beta_1^t, beta_2^t), or (0, 0) without bias correction."""
+        if not self.bias_correction:
+            return ops.zeros((), dtype), ops.zeros((), dtype)
+        return ops.power(self.hyper(self.beta_1, dtype), t), ops.power(self.hyper(self.beta_2, dtype), t)
 
     def _corrections(self, t, dtype):
         """The bias corrections as factors, (1 / (1 - beta_1^t), 1 / (1 - beta_2^t)), or
@@ -107,72 +133,37 @@ class Adam(OptlabOptimizer):
         not divided."""
         if not self.bias_correction:
             return ops.ones((), dtype), ops.ones((), dtype)
-        beta_1, beta_2 = self.hyper(self.beta_1, dtype), self.hyper(self.beta_2, dtype)
-        return 1 / (1 - ops.power(beta_1, t)), 1 / (1 - ops.power(beta_2, t))
+        p_1, p_2 = self._powers(t, dtype)
+        return 1 / (1 - p_1), 1 / (1 - p_2)
 
-    def _rate(self, lr, v_hat, correction_2):
-        """eta / (sqrt(v_hat) + eps_hat), eps_hat = eps / sqrt(1 - beta_2^t) if epsilon_hat."""
-        eps = self.hyper(self.epsilon, v_hat.dtype)
-        eps_hat = eps * ops.sqrt(correction_2) if self.epsilon_hat else eps
-        return lr / (ops.sqrt(v_hat) + eps_hat)
+    def gradient_squared(self, before, after, change, lr, t):
+        return (after["v"] - self.beta_2 * before["v"]) / (1 - self.beta_2)
 
-    def update_step(self, gradient, variable, learning_rate):
-        g, lr, _ = self.prepare(gradient, variable, learning_rate)
-        beta_1, beta_2 = self.hyper(self.beta_1, g.dtype), self.hyper(self.beta_2, g.dtype)
-        correction_1, correction_2 = self._corrections(self.step_count(g.dtype), g.dtype)
-        m, v = self.slot("m", variable), self.slot("v", variable)
-        m_t = beta_1 * m + (1 - beta_1) * g  # first moment
-        v_t = beta_2 * v + (1 - beta_2) * ops.square(g)  # second moment
-        self.assign(m, m_t)
-        self.assign(v, v_t)
-        v_hat = v_t * correction_2  # bias corrections
-        if self.amsgrad:  # running maximum of v (raw) or of v_hat (corrected)
-            v_max = self.slot("v_max", variable)
-            v_max_t = self.maximum(v_max, v_t if self.amsgrad_max == "raw" else v_hat)
-            self.assign(v_max, v_max_t)
-            v_hat = v_max_t * correction_2 if self.amsgrad_max == "raw" else v_max_t
-        self.assign_sub(variable, self._rate(lr, v_hat, correction_2) * (m_t * correction_1))
+    def kernel(self):
+        return None if self.amsgrad else self._adam_kernel
 
-    def _kernel_step(self, gradient, variable, learning_rate):
-        """The same step through TensorFlow's `ResourceApplyAdam` kernel, which computes
-        `w -= alpha m / (sqrt(v) + eps')` with `alpha = lr sqrt(1 - p_2) / (1 - p_1)`
-        for beta powers `p_1, p_2` (0 without bias correction): the rule above with
-        `eps' = eps_hat sqrt(1 - p_2)`. Not for amsgrad."""
-        if self.amsgrad:
-            return False
+    def _adam_kernel(self, variable, slots, g, lr, t):
+        """TensorFlow's `ResourceApplyAdam`, which computes `w -= alpha m / (sqrt(v) + eps')`
+        with `alpha = lr sqrt(1 - p_2) / (1 - p_1)` for beta powers `p_1, p_2` (0 without
+        bias correction): the rule above with `eps' = eps_hat sqrt(1 - p_2)`."""
         import tensorflow as tf
 
-        g, lr, _ = self.prepare(gradient, variable, learning_rate)
-        beta_1, beta_2 = self.hyper(self.beta_1, g.dtype), self.hyper(self.beta_2, g.dtype)
-        t = self.step_count(g.dtype)
-        p_1, p_2 = (ops.power(beta_1, t), ops.power(beta_2, t)) if self.bias_correction else (0.0, 0.0)
-        p_1, p_2 = ops.cast(p_1, g.dtype), ops.cast(p_2, g.dtype)
+        p_1, p_2 = self._powers(t, g.dtype)
         eps = self.hyper(self.epsilon, g.dtype)
         if self.bias_correction and not self.epsilon_hat:
             eps = eps * ops.sqrt(1 - p_2)
-        m, v = (self.slot(name, variable) for name in ("m", "v"))
         tf.raw_ops.ResourceApplyAdam(
             var=variable.handle,
-            m=m.value.handle,
-            v=v.value.handle,
+            m=slots["m"].handle,
+            v=slots["v"].handle,
             beta1_power=p_1,
             beta2_power=p_2,
             lr=lr,
-            beta1=beta_1,
-            beta2=beta_2,
+            beta1=self.hyper(self.beta_1, g.dtype),
+            beta2=self.hyper(self.beta_2, g.dtype),
             epsilon=eps,
             grad=g,
         )
-        return True
-
-    def _rate_of_state(self, state, lr, t):
-        _, correction_2 = self._corrections(t, lr.dtype)
-        if self.amsgrad and self.amsgrad_max == "corrected":
-            return self._rate(lr, state["v_max"], correction_2)
-        return self._rate(lr, state["v_max" if self.amsgrad else "v"] * correction_2, correction_2)
-
-    def initial_mask_from_state(self, state, variable):
-        return ops.equal(state["v"], 0)
 
     def state_meaning(self):
         return {"amsgrad_max": self.amsgrad_max} if self.amsgrad else {}  # the maximum's meaning

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import ClassVar
 
 import keras
+from keras import ops
 
 from keras_optlab.optimizers._base import OptlabOptimizer
+from keras_optlab.optimizers._rule import MOMENTUM, Slot
 from keras_optlab.optimizers._validation import check_bool
 
 
@@ -46,10 +48,9 @@ class Momentum(OptlabOptimizer):
         "pytorch": {"lr_in_momentum": False, "coupled_weight_decay": True},
         "optax": {"lr_in_momentum": False},
     }
-
     HYPERPARAMETERS = {"momentum": "[0, 1]"}
-    #: The fused kernels' Nesterov form (`NAG`) or the plain one (`_kernel_step`).
-    _nesterov: ClassVar[bool] = False
+    #: TensorFlow's momentum kernels in their Nesterov form (`NAG`) or the plain one.
+    nesterov: ClassVar[bool] = False
 
     def __init__(self, learning_rate=0.01, momentum=0.9, lr_in_momentum=True, **kwargs):
         (momentum,) = self.checked(momentum=momentum)
@@ -58,41 +59,42 @@ class Momentum(OptlabOptimizer):
         self.momentum = momentum
         self.lr_in_momentum = lr_in_momentum
 
-    def build_slots(self, var_list):
-        self.add_slots(var_list, "velocity")
+    def slots(self):
+        return (Slot("velocity", role=MOMENTUM),)
 
-    def update_step(self, gradient, variable, learning_rate):
-        g, lr, _ = self.prepare(gradient, variable, learning_rate)
+    def step(self, g, state, lr, t):
         mu = self.hyper(self.momentum, g.dtype)
-        v = self.slot("velocity", variable)
         if self.lr_in_momentum:
-            v_new = mu * v - lr * g  # v = mu*v - lr*g
-            self.assign(v, v_new)
-            self.assign_add(variable, v_new)  # w += v
-        else:
-            v_new = mu * v + g  # v = mu*v + g
-            self.assign(v, v_new)
-            self.assign_sub(variable, lr * v_new)  # w -= lr*v
+            v = mu * state["velocity"] - lr * g  # v = mu*v - lr*g
+            return v, {"velocity": v}  # w += v
+        v = mu * state["velocity"] + g  # v = mu*v + g
+        return -(lr * v), {"velocity": v}  # w -= lr*v
 
-    def _kernel_step(self, gradient, variable, learning_rate):
-        """The same step through TensorFlow's fused kernels: `ResourceApplyKerasMomentum`
-        (`v = mu v - lr g; w += v`) with the learning rate inside, `ResourceApplyMomentum`
-        (`v = mu v + g; w -= lr v`) outside; in their Nesterov form for `NAG`."""
+    def gradient_squared(self, before, after, change, lr, t):
+        v0, v1 = before["velocity"], after["velocity"]
+        g = (self.momentum * v0 - v1) / lr if self.lr_in_momentum else v1 - self.momentum * v0
+        return ops.square(g)
+
+    def kernel(self):
+        return self._momentum_kernel
+
+    def _momentum_kernel(self, variable, slots, g, lr, t):
+        """TensorFlow's `ResourceApplyKerasMomentum` (`v = mu v - lr g; w += v`) with the
+        learning rate inside, `ResourceApplyMomentum` (`v = mu v + g; w -= lr v`) outside;
+        in their Nesterov form for `NAG`."""
         import tensorflow as tf
 
-        g, lr, _ = self.prepare(gradient, variable, learning_rate)
         kernel = (
             tf.raw_ops.ResourceApplyKerasMomentum if self.lr_in_momentum else tf.raw_ops.ResourceApplyMomentum
         )
         kernel(
             var=variable.handle,
-            accum=self.slot("velocity", variable).value.handle,
+            accum=slots["velocity"].handle,
             lr=lr,
             grad=g,
             momentum=self.hyper(self.momentum, g.dtype),
-            use_nesterov=self._nesterov,
+            use_nesterov=self.nesterov,
         )
-        return True
 
     def state_meaning(self):
         return {"lr_in_momentum": self.lr_in_momentum}  # the velocity's units

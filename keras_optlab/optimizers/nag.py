@@ -40,7 +40,7 @@ class NAG(Momentum):
         **kwargs: Keras' optimizer arguments and `coupled_weight_decay`.
 
     It shares `Momentum`'s arguments, state and presets and differs only in
-    `update_step`.
+    `step`.
 
     References:
         Nesterov, "A method of solving a convex programming problem with
@@ -48,18 +48,12 @@ class NAG(Momentum):
         importance of initialization and momentum in deep learning", ICML 2013.
     """
 
-    #: TensorFlow's momentum kernels with `use_nesterov` compute this rule (`_kernel_step`).
-    _nesterov = True
+    nesterov = True  # TensorFlow's momentum kernels with `use_nesterov` compute this rule
 
-    def update_step(self, gradient, variable, learning_rate):
-        g, lr, _ = self.prepare(gradient, variable, learning_rate)
+    def step(self, g, state, lr, t):
         mu = self.hyper(self.momentum, g.dtype)
-        v = self.slot("velocity", variable)
         if self.lr_in_momentum:
-            v_new = mu * v - lr * g  # v = mu*v - lr*g
-            self.assign(v, v_new)
-            self.assign_add(variable, mu * v_new - lr * g)  # u += mu*v - lr*g
-        else:
-            v_new = mu * v + g  # v = mu*v + g
-            self.assign(v, v_new)
-            self.assign_sub(variable, lr * (g + mu * v_new))  # u -= lr*(g + mu*v)
+            v = mu * state["velocity"] - lr * g  # v = mu*v - lr*g
+            return mu * v - lr * g, {"velocity": v}  # u += mu*v - lr*g
+        v = mu * state["velocity"] + g  # v = mu*v + g
+        return -(lr * (g + mu * v)), {"velocity": v}  # u -= lr*(g + mu*v)

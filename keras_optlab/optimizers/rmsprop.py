@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_optlab.optimizers._base import OptlabOptimizer
+from keras_optlab.optimizers._rule import CACHE, MOMENTUM, Slot
 from keras_optlab.optimizers._validation import check_bool
 
 
@@ -55,7 +56,7 @@ class RMSProp(OptlabOptimizer):
     }
 
     HYPERPARAMETERS = {"rho": "[0, 1)", "epsilon": "(0, inf)", "momentum": "[0, 1]"}
-    _group_small = True  # its many element-wise operations launched once for all small variables
+    group_small = True  # its many element-wise operations launched once for all small variables
 
     def __init__(
         self,
@@ -81,51 +82,38 @@ class RMSProp(OptlabOptimizer):
         self.momentum = momentum
         self.lr_in_momentum = lr_in_momentum
 
-    def build_slots(self, var_list):
-        self.add_slots(var_list, "cache")
-        if self.centered:
-            self.add_slots(var_list, "mean_gradient")
-        if self.momentum > 0:
-            self.add_slots(var_list, "momentum")
+    def slots(self):
+        centered = (Slot("mean_gradient"),) if self.centered else ()
+        momentum = (Slot("momentum", role=MOMENTUM),) if self.momentum > 0 else ()
+        return (Slot("cache", role=CACHE), *centered, *momentum)
 
-    def _denominator(self, cache, mean_gradient):
-        """sqrt(s) + eps (or sqrt(s + eps)), s = cache - mean_gradient^2 when centered."""
-        eps = self.hyper(self.epsilon, cache.dtype)
+    def step(self, g, state, lr, t):
+        rho = self.hyper(self.rho, g.dtype)
+        new = {"cache": rho * state["cache"] + (1 - rho) * ops.square(g)}  # c = rho*c + (1-rho)*g^2
+        if self.centered:
+            new["mean_gradient"] = rho * state["mean_gradient"] + (1 - rho) * g  # a = rho*a + (1-rho)*g
+        denominator = self._denominator(new)
+        if self.momentum == 0:
+            return -(lr / denominator * g), new  # w -= r*g
+        mu = self.hyper(self.momentum, g.dtype)
+        if self.lr_in_momentum:
+            new["momentum"] = mu * state["momentum"] + lr / denominator * g  # b = mu*b + r*g
+            return -new["momentum"], new  # w -= b
+        new["momentum"] = mu * state["momentum"] + g / denominator  # b = mu*b + g/denominator
+        return -(lr * new["momentum"]), new  # w -= lr*b
+
+    def rate(self, state, lr, t):
+        return lr / self._denominator(state)  # r
+
+    def _denominator(self, state):
+        """sqrt(s) + eps (or sqrt(s + eps)), s = c - a^2 when centered."""
+        cache, eps = state["cache"], self.hyper(self.epsilon, state["cache"].dtype)
         # centered: max(c - a^2, 0) as ops.relu, which keeps the dtype on every backend
-        s = cache if mean_gradient is None else ops.relu(cache - ops.square(mean_gradient))
+        s = ops.relu(cache - ops.square(state["mean_gradient"])) if self.centered else cache
         return ops.sqrt(s + eps) if self.epsilon_inside_sqrt else ops.sqrt(s) + eps
 
-    def update_step(self, gradient, variable, learning_rate):
-        g, lr, _ = self.prepare(gradient, variable, learning_rate)
-        rho = self.hyper(self.rho, g.dtype)
-        cache = self.slot("cache", variable)
-        c = rho * cache + (1 - rho) * ops.square(g)  # c = rho*c + (1-rho)*g^2
-        self.assign(cache, c)
-        a = None
-        if self.centered:
-            mean_gradient = self.slot("mean_gradient", variable)
-            a = rho * mean_gradient + (1 - rho) * g  # a = rho*a + (1-rho)*g
-            self.assign(mean_gradient, a)
-        denominator = self._denominator(c, a)
-        if self.momentum == 0:
-            self.assign_sub(variable, lr / denominator * g)  # w -= r*g
-            return
-        mu = self.hyper(self.momentum, g.dtype)
-        buffer = self.slot("momentum", variable)
-        if self.lr_in_momentum:
-            b = mu * buffer + lr / denominator * g  # b = mu*b + r*g
-            self.assign(buffer, b)
-            self.assign_sub(variable, b)  # w -= b
-        else:
-            b = mu * buffer + g / denominator  # b = mu*b + g/denominator
-            self.assign(buffer, b)
-            self.assign_sub(variable, lr * b)  # w -= lr*b
-
-    def _rate_of_state(self, state, lr, t):
-        return lr / self._denominator(state["cache"], state.get("mean_gradient"))
-
-    def initial_mask_from_state(self, state, variable):
-        return ops.equal(state["cache"], 0)
+    def gradient_squared(self, before, after, change, lr, t):
+        return (after["cache"] - self.rho * before["cache"]) / (1 - self.rho)
 
     def state_meaning(self):
         return {"lr_in_momentum": self.lr_in_momentum} if self.momentum > 0 else {}  # the buffer's units

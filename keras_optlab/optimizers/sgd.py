@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+from keras import ops
 
 from keras_optlab.optimizers._base import OptlabOptimizer
 
@@ -30,20 +31,23 @@ class SGD(OptlabOptimizer):
         "pytorch": {"coupled_weight_decay": True},
         "optax": {},
     }
-    _row_local = True
+    row_local = True
 
     def __init__(self, learning_rate=0.01, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
 
-    def update_step(self, gradient, variable, learning_rate):
-        g, lr, rows = self.prepare(gradient, variable, learning_rate)
-        self.assign_sub(variable, self.at_rows(lr * g, rows))  # w -= lr * g
+    def step(self, g, state, lr, t):
+        return -(lr * g), {}  # w -= lr * g
 
-    def _kernel_step(self, gradient, variable, learning_rate):
-        """The same step through TensorFlow's `ResourceApplyGradientDescent` kernel,
-        `w -= lr g`."""
-        import tensorflow as tf
+    def gradient_squared(self, before, after, change, lr, t):
+        return None if change is None else ops.square(change / lr)
 
-        g, lr, _ = self.prepare(gradient, variable, learning_rate)
-        tf.raw_ops.ResourceApplyGradientDescent(var=variable.handle, alpha=lr, delta=g)
-        return True
+    def kernel(self):
+        return _gradient_descent
+
+
+def _gradient_descent(variable, slots, g, lr, t):
+    """TensorFlow's `ResourceApplyGradientDescent`: `w -= lr g`."""
+    import tensorflow as tf
+
+    tf.raw_ops.ResourceApplyGradientDescent(var=variable.handle, alpha=lr, delta=g)
