@@ -406,3 +406,26 @@ def test_of_several_workers_only_the_chief_writes(cluster, task_type, task_id, w
             tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id
         )
     assert _is_chief(SimpleNamespace(cluster_resolver=resolver)) is writes
+
+
+def test_traces_none_means_no_traces_and_numpy_indices_are_accepted(tmp_path):
+    assert OptimizerDiagnostics(tmp_path, traces=None).traces == []
+    callback = OptimizerDiagnostics(tmp_path, traces=[("k", np.int64(0)), ("w", (np.int32(1), 2))])
+    assert callback.traces == [("k", (0,)), ("w", (1, 2))]
+    assert all(type(i) is int for _, index in callback.traces for i in index)
+
+
+@pytest.mark.parametrize(
+    "traces, error, message",
+    [
+        (5, TypeError, "`traces` must be a list of (variable path, index) pairs or None"),
+        ("dense/kernel", TypeError, "`traces` must be a list of (variable path, index) pairs or None"),
+        ([("k", True)], ValueError, "`traces` indices must be ints"),
+        ([("k", (0, np.bool_(True)))], ValueError, "`traces` indices must be ints"),
+        ([("k", 1.0)], ValueError, "`traces` indices must be ints"),
+    ],
+)
+def test_bad_traces_are_named(tmp_path, traces, error, message):
+    with pytest.raises(error) as info:
+        OptimizerDiagnostics(tmp_path, traces=traces)
+    assert message in str(info.value) and f"Received: traces={traces!r}" in str(info.value)

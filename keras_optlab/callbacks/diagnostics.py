@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import glob
+import numbers
 import os
 import time
 import warnings
+from collections.abc import Iterable
 
 import keras
+import numpy as np
 import tensorflow as tf
 from tensorboard.compat.proto import summary_pb2, tensor_pb2, types_pb2
 from tensorboard.plugins.histogram import metadata as histogram_metadata
@@ -61,7 +64,8 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
     Every `histogram_every_n_steps` steps, histograms: `effective_lr_log10/var/<path>`,
     `momentum/var/<path>/values`, `cache/var/<path>/growth_per_step`. `traces`
     names single weights, `[("dense/kernel", (0, 3)), ...]`, whose effective
-    learning rate, momentum, cache and value are logged as `trace/<path>[i,j]/...`.
+    learning rate, momentum, cache and value are logged as `trace/<path>[i,j]/...`;
+    indices are ints (NumPy integers too, not bools); `None`, like `()`, traces nothing.
 
     It writes to `log_dir/run_name` ("optimizer"), beside the "train" and
     "validation" runs of Keras' `TensorBoard` callback on the same `log_dir`. The
@@ -455,7 +459,20 @@ def _layout(layers):
     return custom_scalar.pb(layout)
 
 
+def _is_index(value) -> bool:
+    """An int, a NumPy integer or another `numbers.Integral`; not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
 def _check_traces(traces):
+    """`traces` as a list of (path, tuple of Python ints); None means no traces."""
+    if traces is None:
+        return []
+    if isinstance(traces, (str, bytes, dict)) or not isinstance(traces, Iterable):
+        raise TypeError(
+            "`traces` must be a list of (variable path, index) pairs or None, e.g. "
+            f'[("dense/kernel", (0, 3))]. Received: traces={traces!r}'
+        )
     out = []
     for item in traces:
         if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):
@@ -464,10 +481,14 @@ def _check_traces(traces):
                 f'[("dense/kernel", (0, 3))]. Received: traces={traces!r}'
             )
         path, index = item
-        index = (index,) if isinstance(index, int) else tuple(index)
-        if not all(isinstance(i, int) and not isinstance(i, bool) for i in index):
+        if _is_index(index):
+            index = (index,)
+        elif isinstance(index, (str, bytes)) or not isinstance(index, Iterable):
+            index = (index,)  # refused below, with the message about indices
+        index = tuple(index)
+        if not all(_is_index(i) for i in index):
             raise ValueError(f"`traces` indices must be ints. Received: traces={traces!r}")
-        out.append((path, index))
+        out.append((path, tuple(int(i) for i in index)))
     return out
 
 
