@@ -258,6 +258,27 @@ def test_unwritable_log_dir_fails_before_any_step(tmp_path):
     assert int(model.optimizer.iterations) == 0
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and /sys are Linux's")
+@pytest.mark.parametrize("log_dir", ["/proc/optlab", "/sys/optlab"])
+def test_log_dir_on_a_virtual_file_system_fails_before_any_step(log_dir):
+    model = _model(ko.SGD())
+    with pytest.raises(ValueError, match=r"`log_dir` cannot be written: no file can be created in /"):
+        _fit(model, [OptimizerDiagnostics(log_dir, every_n_steps=1)])
+    assert int(model.optimizer.iterations) == 0 and not os.path.exists(log_dir)
+
+
+def test_run_directory_that_is_a_file_fails_before_any_step(tmp_path):
+    (tmp_path / "optimizer").write_text("not a directory")
+    model = _model(ko.SGD())
+    with pytest.raises(ValueError, match=r"cannot be written: .*optimizer is a file.*run_name='optimizer'"):
+        _fit(model, [OptimizerDiagnostics(tmp_path, every_n_steps=1)])
+    assert int(model.optimizer.iterations) == 0
+
+
+def test_a_relative_run_name_may_have_parts_that_stay_inside(tmp_path):
+    assert OptimizerDiagnostics(tmp_path, run_name="a/../b/c").run_dir == os.path.join(tmp_path, "b", "c")
+
+
 class _RemoveLogDir(keras.callbacks.Callback):
     def __init__(self, path, at_step):
         super().__init__()
@@ -336,6 +357,11 @@ def test_steps_per_execution_spans_the_window_and_drops_the_gradient(tmp_path):
         ({"threshold_ratio": -1.0}, ValueError, "Received: threshold_ratio=-1.0"),
         ({"traces": ["dense/kernel"]}, ValueError, "`traces` must be a list of (variable path, index) pairs"),
         ({"run_name": ""}, ValueError, "`run_name` must be a non-empty string"),
+        ({"run_name": "/abs/path"}, ValueError, "`run_name` must be a relative path that stays inside"),
+        ({"run_name": "/abs/path"}, ValueError, "Received: run_name='/abs/path'"),
+        ({"run_name": "../../x"}, ValueError, "Received: run_name='../../x'"),
+        ({"run_name": "a/../../x"}, ValueError, "Received: run_name='a/../../x'"),
+        ({"run_name": "."}, ValueError, "Received: run_name='.'"),
         ({"stop_on_nonfinite": "yes"}, TypeError, "`stop_on_nonfinite` must be a bool"),
     ],
 )

@@ -71,9 +71,11 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
     "validation" runs of Keras' `TensorBoard` callback on the same `log_dir`. The
     writer, an "Optimizer" custom-scalars dashboard and the optimizer's config
     (HParams plugin; `hparams=False` leaves it to you) are written at the first
-    log, so a run that logs nothing leaves no event file. An unwritable `log_dir`
-    fails at the start of training; a write that fails later warns once and
-    training goes on without diagnostics. The statistics of a log step are
+    log, so a run that logs nothing leaves no event file. `run_name` must be a
+    relative path that stays below `log_dir`. An unwritable `log_dir` or run
+    directory (a file in its place, a read-only or virtual file system such as
+    /proc) fails at the start of training, before any step; a write that fails
+    later warns once and training goes on without diagnostics. The statistics of a log step are
     computed in one compiled graph call.
 
     Reads the six keras_optlab optimizers and Keras' SGD (momentum, Nesterov),
@@ -98,8 +100,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         super().__init__()
         if not isinstance(log_dir, (str, os.PathLike)):
             raise TypeError(f"`log_dir` must be a path. Received: log_dir={log_dir!r}")
-        if not isinstance(run_name, str) or not run_name:
-            raise ValueError(f"`run_name` must be a non-empty string. Received: run_name={run_name!r}")
+        run_name = _check_run_name(run_name)
         self.log_dir = os.fspath(log_dir)
         self.every_n_steps = check_int("every_n_steps", every_n_steps, 1)
         self.histogram_every_n_steps = check_int(
@@ -119,7 +120,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
 
     @property
     def run_dir(self) -> str:
-        return os.path.join(self.log_dir, self.run_name)
+        return os.path.normpath(os.path.join(self.log_dir, self.run_name))
 
     # ----------------------------------------------------------- Keras hooks
     def on_train_begin(self, logs=None):
@@ -131,6 +132,12 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         reason = why_unwritable(self.log_dir)
         if reason:
             raise ValueError(f"`log_dir` cannot be written: {reason}. Received: log_dir={self.log_dir!r}")
+        reason = why_unwritable(self.run_dir)  # the run directory itself may be a file, say
+        if reason:
+            raise ValueError(
+                f"The run directory {self.run_dir} cannot be written: {reason}. "
+                f"Received: log_dir={self.log_dir!r}, run_name={self.run_name!r}"
+            )
         self._reader = reader_for(self.model.optimizer)
         if self._reader.note:
             warnings.warn(self._reader.note, stacklevel=1)
@@ -457,6 +464,25 @@ def _layout(layers):
         ]
     )
     return custom_scalar.pb(layout)
+
+
+def _check_run_name(run_name) -> str:
+    """A relative path that stays inside `log_dir` (below it) once normalised."""
+    if not isinstance(run_name, str) or not run_name:
+        raise ValueError(f"`run_name` must be a non-empty string. Received: run_name={run_name!r}")
+    normal = os.path.normpath(run_name)
+    if (
+        os.path.isabs(run_name)
+        or os.path.splitdrive(run_name)[0]
+        or normal.startswith(("/", os.sep))
+        or normal in (os.curdir, os.pardir)
+        or normal.startswith(os.pardir + os.sep)
+    ):
+        raise ValueError(
+            "`run_name` must be a relative path that stays inside `log_dir`, a directory below it such "
+            f'as "optimizer" or "runs/adam". Received: run_name={run_name!r}'
+        )
+    return run_name
 
 
 def _is_index(value) -> bool:
