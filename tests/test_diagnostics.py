@@ -455,3 +455,52 @@ def test_bad_traces_are_named(tmp_path, traces, error, message):
     with pytest.raises(error) as info:
         OptimizerDiagnostics(tmp_path, traces=traces)
     assert message in str(info.value) and f"Received: traces={traces!r}" in str(info.value)
+
+
+def test_quantiles_of_rates_up_to_lr_over_eps_and_beyond(tmp_path):
+    """RMSProp, lr 1e-3, eps 1e-9: inputs scaled by 1, 1e-3, 1e-6, 1e-9 and 0 give the
+    hidden kernel's rows caches from ~1 down to ~1e-19 (rates from ~1e-3 up to lr/eps = 1e6)
+    and none (the zero input's row: kept out). Every quantile matches NumPy within one bin."""
+    lr, eps = 1e-3, 1e-9
+    x, y = _data()
+    x = x * np.array([1, 1e-3, 1e-6, 1e-9, 0], "float32")
+    model = _model(ko.RMSProp(learning_rate=lr, epsilon=eps))
+    model.fit(
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=2,
+        shuffle=False,
+        verbose=0,
+        callbacks=[
+            OptimizerDiagnostics(tmp_path, every_n_steps=8, histogram_every_n_steps=None, per_variable=False)
+        ],
+    )
+    events = read_run(tmp_path / "optimizer")
+    assert [step for step, _ in events["effective_lr/model/median"]] == [2 * STEPS_PER_EPOCH]
+    caches = [model.optimizer.state(v)["cache"].numpy().astype("float64") for v in model.trainable_variables]
+    caches = np.concatenate([c.ravel() for c in caches])
+    rates = (lr / (np.sqrt(caches) + eps))[caches != 0]  # the rule, in NumPy
+    assert rates.max() > 1e5 and np.percentile(rates, 95, method="inverted_cdf") > 1e4  # beyond the old 1e4
+    assert last(events, "effective_lr/model/min") == pytest.approx(rates.min(), rel=1e-5)
+    assert last(events, "effective_lr/model/max") == pytest.approx(rates.max(), rel=1e-5)
+    for name, q in [("q05", 5), ("q25", 25), ("median", 50), ("q75", 75), ("q95", 95)]:
+        want = np.percentile(rates, q, method="inverted_cdf")
+        assert last(events, f"effective_lr/model/{name}") == pytest.approx(want, rel=0.06), name
+
+
+def test_quantiles_cover_every_positive_float32_and_zero():
+    """The statistics alone, on rates from 0 and 1.2e-38 up to 3e38: each quantile within
+    one bin of NumPy's (0 exactly), the mean finite."""
+    from keras_optlab.callbacks import _stats
+
+    rng = np.random.default_rng(0)
+    rates = np.concatenate([np.zeros(30), 10 ** rng.uniform(-37.9, 38.4, 500)]).astype("float32")
+    rate = tf.constant(rates)
+    p = _stats.part(rate, tf.zeros(rate.shape, bool), None, None, None, rate, None, None, 1.0)
+    out = {key: float(value) for key, value in _stats.summarise([p]).items()}
+    assert out["effective_lr/mean"] == pytest.approx(rates.astype("float64").mean(), rel=1e-5)
+    assert (out["effective_lr/min"], out["effective_lr/max"]) == (0.0, pytest.approx(rates.max(), rel=1e-6))
+    for name, q in [("q05", 5), ("q25", 25), ("median", 50), ("q75", 75), ("q95", 95)]:
+        want = np.percentile(rates, q, method="inverted_cdf")
+        assert out[f"effective_lr/{name}"] == pytest.approx(want, rel=0.06, abs=0), name

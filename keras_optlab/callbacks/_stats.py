@@ -5,10 +5,14 @@ learning rates. Parts add up, so a layer's statistics and the model's come from
 the same parts by the same `summarise`, with no second pass over the data.
 
 Quantiles of the effective learning rate are read off a histogram of
-log10(rate) with `BINS` bins over [1e-12, 1e4] (`WIDTH` = 0.025 decades a bin),
+log10(rate) with `BINS` bins over [1e-39, 1e39] (`WIDTH` = 0.025 decades a bin),
 interpolated linearly inside a bin and clipped to the exact minimum and maximum:
-a quantile is exact to within one bin, 6% relative. Rates outside the range are
-counted in the end bins (their minimum and maximum stay exact).
+a quantile is exact to within one bin, 6% relative. The range holds every
+positive float32 (1.2e-38 to 3.4e38; rates are computed in float32), so no rate
+is folded into an end bin: a rate of lr/eps or larger (RMSProp's or Adam's dead
+inputs, Adagrad's at its initial value) is counted where it is. Only 0 and
+float32's subnormal numbers fall in the first bin, whose quantile is the exact
+minimum; +inf falls in the last (and `max` is inf).
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ import math
 
 import tensorflow as tf
 
-BINS = 640
-LOG10_LOW, LOG10_HIGH = -12.0, 4.0
-WIDTH = (LOG10_HIGH - LOG10_LOW) / BINS
+LOG10_LOW, LOG10_HIGH = -39.0, 39.0
+WIDTH = 0.025
+BINS = round((LOG10_HIGH - LOG10_LOW) / WIDTH)  # 3120
+#: float32's smallest positive normal number, 1.2e-38.
+_TINY = 1.1754944e-38
 QUANTILES = {"q05": 0.05, "q25": 0.25, "median": 0.5, "q75": 0.75, "q95": 0.95}
 #: Key of `summarise`'s output that is not a tag: how many elements the rates cover.
 TOUCHED = "_touched"
@@ -32,8 +38,15 @@ def _f32(x):
 
 
 def log10(rate):
-    """log10 of effective learning rates (float32; a rate of 0 counts as 1e-30)."""
-    return tf.math.log(tf.maximum(_f32(rate), 1e-30)) / math.log(10.0)
+    """log10 of effective learning rates (float32; a rate of 0 counts as 1.2e-38, float32's
+    smallest normal number, whose log10 is -37.9)."""
+    return tf.math.log(tf.maximum(_f32(rate), _TINY)) / math.log(10.0)
+
+
+def _bin(rate):
+    """The bin of each rate: 0 for 0 (log10 -inf), the last for +inf."""
+    log = tf.clip_by_value(tf.math.log(_f32(rate)) / math.log(10.0), LOG10_LOW, LOG10_HIGH)
+    return tf.clip_by_value(tf.cast(tf.floor((log - LOG10_LOW) / WIDTH), tf.int32), 0, BINS - 1)
 
 
 def part(
@@ -52,14 +65,15 @@ def part(
     if rate is not None:
         rate = _f32(rate)
         touched = tf.logical_not(never_updated)
-        bins = tf.clip_by_value(tf.cast(tf.floor((log10(rate) - LOG10_LOW) / WIDTH), tf.int32), 0, BINS - 1)
+        bins = _bin(rate)
         weights = _f32(touched)
         inf = tf.constant(math.inf)
         p.update(
             rate_counts=tf.math.unsorted_segment_sum(tf.reshape(weights, [-1]), tf.reshape(bins, [-1]), BINS),
             rate_touched=tf.reduce_sum(weights),
             rate_never=tf.reduce_sum(_f32(never_updated)),
-            rate_sum=tf.reduce_sum(tf.where(touched, rate, 0.0)),
+            # in float64: rates near float32's maximum would overflow a float32 sum
+            rate_sum=tf.reduce_sum(tf.cast(tf.where(touched, rate, 0.0), tf.float64)),
             rate_min=tf.reduce_min(tf.where(touched, rate, inf)),
             rate_max=tf.reduce_max(tf.where(touched, rate, -inf)),
             rate_below=tf.reduce_sum(_f32(tf.logical_and(touched, rate < threshold))),
@@ -109,6 +123,7 @@ def _quantiles(counts, low, high):
     before = tf.where(index > 0, tf.gather(cumulative, tf.maximum(index - 1, 0)), 0.0)
     within = tf.math.divide_no_nan(targets - before, tf.gather(counts, index))
     values = tf.pow(10.0, LOG10_LOW + (_f32(index) + within) * WIDTH)
+    values = tf.where(index == 0, low, values)  # the first bin: 0 or subnormal, below 1.06e-39
     values = tf.clip_by_value(values, low, high)
     return dict(zip(QUANTILES, tf.unstack(values), strict=True))
 
@@ -123,7 +138,7 @@ def summarise(parts) -> dict:
         out["effective_lr/never_updated"] = p["rate_never"]
         out["effective_lr/fraction_below_threshold"] = tf.math.divide_no_nan(p["rate_below"], touched)
         out["effective_lr/min"] = p["rate_min"]
-        out["effective_lr/mean"] = tf.math.divide_no_nan(p["rate_sum"], touched)
+        out["effective_lr/mean"] = _f32(tf.math.divide_no_nan(p["rate_sum"], tf.cast(touched, tf.float64)))
         out["effective_lr/max"] = p["rate_max"]
         for name, value in _quantiles(p["rate_counts"], p["rate_min"], p["rate_max"]).items():
             out[f"effective_lr/{name}"] = value
