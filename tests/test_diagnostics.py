@@ -29,7 +29,7 @@ RATE = [
     "q95",
     "max",
     "fraction_below_threshold",
-    "never_updated",
+    "cache_at_initial_value",
 ]
 BATCH, STEPS_PER_EPOCH = 16, 4
 
@@ -117,7 +117,7 @@ def test_adagrad_tags_and_values_match_the_state(tmp_path):
     assert last(events, "trace/net/hidden/kernel[1,2]/effective_lr") == pytest.approx(
         lr / (np.sqrt(caches[0][1, 2]) + eps), rel=1e-6
     )
-    assert last(events, "effective_lr/model/never_updated") == (~touched).sum()
+    assert last(events, "effective_lr/model/cache_at_initial_value") == (~touched).sum()
     assert last(events, "effective_lr/model/min") == pytest.approx(rates[touched].min(), rel=1e-6)
     assert last(events, "effective_lr/model/max") == pytest.approx(rates[touched].max(), rel=1e-6)
     assert last(events, "effective_lr/model/mean") == pytest.approx(rates[touched].mean(), rel=1e-5)
@@ -504,3 +504,39 @@ def test_quantiles_cover_every_positive_float32_and_zero():
     for name, q in [("q05", 5), ("q25", 25), ("median", 50), ("q75", 75), ("q95", 95)]:
         want = np.percentile(rates, q, method="inverted_cdf")
         assert out[f"effective_lr/{name}"] == pytest.approx(want, rel=0.06, abs=0), name
+
+
+class _CountInitial(keras.callbacks.Callback):
+    """After each step: how many elements' caches hold 0, RMSProp's initial value (NumPy)."""
+
+    def on_train_begin(self, logs=None):
+        self.counts = {}
+
+    def on_train_batch_end(self, batch, logs=None):
+        opt = self.model.optimizer
+        caches = [opt.state(v)["cache"].numpy() for v in self.model.trainable_variables]
+        self.counts[int(opt.iterations)] = sum(int((c == 0).sum()) for c in caches)
+
+
+def test_caches_that_decay_back_to_zero_are_counted_as_at_initial_value_not_never_updated(tmp_path):
+    """RMSProp with rho 1e-20 forgets a gradient within three steps: input 0, non-zero in the
+    first batch only, leaves its 4 hidden-kernel caches non-zero after step 2 and at 0 from step 4."""
+    x, y = _data()
+    x[BATCH:, 0] = 0.0
+    model, counter = _model(ko.RMSProp(learning_rate=0.01, rho=1e-20)), _CountInitial()
+    model.fit(
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=2,
+        shuffle=False,
+        verbose=0,
+        callbacks=[counter, OptimizerDiagnostics(tmp_path, every_n_steps=2, histogram_every_n_steps=None)],
+    )
+    events = read_run(tmp_path / "optimizer")
+    assert not any(tag.endswith("never_updated") for tag in events)
+    logged = events["effective_lr/model/cache_at_initial_value"]
+    assert [(step, float(value)) for step, value in logged] == [(s, counter.counts[s]) for s in (2, 4, 6, 8)]
+    assert counter.counts[4] >= counter.counts[2] + 4  # updated once, then back at the initial value
+    kernel = model.optimizer.state(model.trainable_variables[0])["cache"].numpy()
+    assert last(events, "effective_lr/var/net/hidden/kernel/cache_at_initial_value") == (kernel == 0).sum()

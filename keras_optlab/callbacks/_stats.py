@@ -49,13 +49,14 @@ def _bin(rate):
     return tf.clip_by_value(tf.cast(tf.floor((log - LOG10_LOW) / WIDTH), tf.int32), 0, BINS - 1)
 
 
-def part(
-    rate, never_updated, momentum, cache, cache_growth, weight, weight_change, gradient_squared, threshold
-):
+def part(rate, at_initial, momentum, cache, cache_growth, weight, weight_change, gradient_squared, threshold):
     """The additive statistics of one variable. Any argument but `weight` may be None.
 
-    `rate`: effective learning rate per element; `never_updated`: bool mask of
-    elements whose cache is still initial (kept out of the rate's distribution);
+    `rate`: effective learning rate per element; `at_initial`: bool mask of
+    elements whose cache holds its initial value (the optimizer's
+    `initial_state_mask`: never updated, or decayed back to it, as RMSProp's and
+    Adam's caches do to 0 after enough steps without gradient), kept out of the
+    rate's distribution;
     `cache_growth`: cache change per step since the previous log; `weight`: the
     weights before the step before the log, `weight_change`: their change over
     that step; `gradient_squared`: g^2 of that step; `threshold`: rates below it
@@ -64,14 +65,14 @@ def part(
     p = {"n": _f32(tf.size(weight)), "weight_sumsq": tf.reduce_sum(tf.square(_f32(weight)))}
     if rate is not None:
         rate = _f32(rate)
-        touched = tf.logical_not(never_updated)
+        touched = tf.logical_not(at_initial)
         bins = _bin(rate)
         weights = _f32(touched)
         inf = tf.constant(math.inf)
         p.update(
             rate_counts=tf.math.unsorted_segment_sum(tf.reshape(weights, [-1]), tf.reshape(bins, [-1]), BINS),
             rate_touched=tf.reduce_sum(weights),
-            rate_never=tf.reduce_sum(_f32(never_updated)),
+            rate_initial=tf.reduce_sum(_f32(at_initial)),
             # in float64: rates near float32's maximum would overflow a float32 sum
             rate_sum=tf.reduce_sum(tf.cast(tf.where(touched, rate, 0.0), tf.float64)),
             rate_min=tf.reduce_min(tf.where(touched, rate, inf)),
@@ -135,7 +136,7 @@ def summarise(parts) -> dict:
     if "rate_counts" in p:
         touched = p["rate_touched"]
         out[TOUCHED] = touched
-        out["effective_lr/never_updated"] = p["rate_never"]
+        out["effective_lr/cache_at_initial_value"] = p["rate_initial"]
         out["effective_lr/fraction_below_threshold"] = tf.math.divide_no_nan(p["rate_below"], touched)
         out["effective_lr/min"] = p["rate_min"]
         out["effective_lr/mean"] = _f32(tf.math.divide_no_nan(p["rate_sum"], tf.cast(touched, tf.float64)))

@@ -42,8 +42,12 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
 
     - `effective_lr/<scope>/{min,q05,q25,median,mean,q75,q95,max}`: the effective
       learning rate (the optimizer's own `effective_learning_rate`), over elements
-      that have been updated; `never_updated` counts the others (cache still at its
-      initial value, e.g. unused embedding rows, whose rate would be lr/eps);
+      whose cache is not at its initial value; `cache_at_initial_value` counts the
+      others (the optimizer's `initial_state_mask`): elements never updated (unused
+      embedding rows, dead inputs), and also elements whose cache decayed back to
+      its initial value 0 (RMSProp's and Adam's caches do, after enough steps
+      without gradient), so the count can rise during training; their rate would
+      be the degenerate lr/eps;
       `fraction_below_threshold`: the share of rates below `threshold_ratio` times
       the learning rate (how Adagrad's steps die out). Quantiles are read off a
       log-spaced histogram and are exact to within 6% (see `_stats`).
@@ -288,10 +292,10 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             path = variable.path
             state = {name: tf.convert_to_tensor(value) for name, value in reader.state(variable).items()}
             weight = tf.convert_to_tensor(variable)
-            rate = never = momentum = cache = growth = gradient_squared = None
+            rate = at_initial = momentum = cache = growth = gradient_squared = None
             if twin is not None:
                 rate = twin.rate_from_state(state, optimizer.learning_rate, optimizer.iterations, variable)
-                never = twin.initial_mask_from_state(state, variable)
+                at_initial = twin.initial_mask_from_state(state, variable)
                 momentum = state.get(reader.momentum_slot)
                 cache = state.get(reader.cache_slot)
             if cache is not None:
@@ -303,7 +307,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
                 )
             p = _stats.part(
                 rate,
-                never,
+                at_initial,
                 momentum,
                 cache,
                 growth,
@@ -328,7 +332,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
                 scalar(f"nonfinite/var/{path}", nonfinite[-1])
             if with_histograms:
                 if rate is not None:
-                    histogram(f"effective_lr_log10/var/{path}", _stats.log10(rate), mask=~never)
+                    histogram(f"effective_lr_log10/var/{path}", _stats.log10(rate), mask=~at_initial)
                 if momentum is not None:
                     histogram(f"momentum/var/{path}/values", momentum)
                 if growth is not None:
@@ -458,7 +462,10 @@ def _layout(layers):
                         "Share of rates below threshold",
                         r"effective_lr/(layer/.*|model)/fraction_below_threshold",
                     ),
-                    lines("Elements never updated", r"effective_lr/(layer/.*|model)/never_updated"),
+                    lines(
+                        "Elements whose cache is at its initial value",
+                        r"effective_lr/(layer/.*|model)/cache_at_initial_value",
+                    ),
                 ],
             )
         ]
