@@ -540,3 +540,66 @@ def test_caches_that_decay_back_to_zero_are_counted_as_at_initial_value_not_neve
     assert counter.counts[4] >= counter.counts[2] + 4  # updated once, then back at the initial value
     kernel = model.optimizer.state(model.trainable_variables[0])["cache"].numpy()
     assert last(events, "effective_lr/var/net/hidden/kernel/cache_at_initial_value") == (kernel == 0).sum()
+
+
+class _StepRecorder(keras.callbacks.Callback):
+    """By optimizer step t (1, 2, ...): the weights before it and, after it, Adam's `v`."""
+
+    def on_train_begin(self, logs=None):
+        self.before, self.v = {}, {}
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._weights = [v.numpy().copy() for v in self.model.trainable_variables]
+
+    def on_train_batch_end(self, batch, logs=None):
+        opt, t = self.model.optimizer, int(self.model.optimizer.iterations)
+        self.before[t] = self._weights
+        if isinstance(opt, ko.Adam):
+            self.v[t] = [opt.state(v)["v"].numpy() for v in self.model.trainable_variables]
+
+
+def _lr_of_step(t):
+    """PiecewiseConstantDecay([1, 3], [0.01, 0.1, 0.02]) at iterations t - 1, as Keras uses it
+    for step t: 0.01 up to 1, 0.1 up to 3, then 0.02."""
+    return 0.01 if t - 1 <= 1 else 0.1 if t - 1 <= 3 else 0.02
+
+
+JUMPING = [
+    ("sgd", ko.SGD),
+    ("momentum", ko.Momentum),
+    ("adam", ko.Adam),
+    ("keras-sgd-momentum", lambda lr: keras.optimizers.SGD(lr, momentum=0.9)),
+]
+
+
+@pytest.mark.parametrize("name, make", JUMPING, ids=[j[0] for j in JUMPING])
+def test_a_jumping_schedule_gives_the_rate_and_gradient_of_the_step_just_taken(name, make, tmp_path):
+    """The learning rate jumps at every log (steps 2 and 4): the logged gradient norm is the
+    norm of the batch's gradient at the weights before the step (a GradientTape), and the
+    logged effective rate is the step's own rate."""
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([1, 3], [0.01, 0.1, 0.02])
+    model, recorder = _model(make(schedule)), _StepRecorder()
+    trace = [("out/kernel", (3, 1))]
+    callback = OptimizerDiagnostics(
+        tmp_path, every_n_steps=2, histogram_every_n_steps=None, per_variable=False, traces=trace
+    )
+    _fit(model, [recorder, callback], epochs=1)
+    events = read_run(tmp_path / "optimizer")
+    assert [step for step, _ in events["gradient_norm/model"]] == [2, 4]
+    x, y = _data()
+    rates = dict(events["trace/net/out/kernel[3,1]/effective_lr"])
+    for t, logged in events["gradient_norm/model"]:
+        for variable, value in zip(model.trainable_variables, recorder.before[t], strict=True):
+            variable.assign(value)
+        batch = slice((t - 1) * BATCH, t * BATCH)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(keras.losses.mean_squared_error(y[batch], model(x[batch])))
+        grads = tape.gradient(loss, model.trainable_variables)
+        norm = np.sqrt(sum(float(tf.reduce_sum(g**2)) for g in grads))
+        assert float(logged) == pytest.approx(norm, rel=1e-3), t
+        if name == "adam":  # ko.Adam's rule in NumPy: lr / (sqrt(v / (1 - beta_2^t)) + eps)
+            v = recorder.v[t][2][3, 1]
+            want = _lr_of_step(t) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+        else:
+            want = _lr_of_step(t)
+        assert float(rates[t]) == pytest.approx(want, rel=1e-5), t

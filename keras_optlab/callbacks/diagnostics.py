@@ -168,6 +168,11 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
                 if self._snapshot_fn is None:
                     self._snapshot_fn = tf.function(self._snapshot)
                 self._before = self._snapshot_fn()
+                # The rate this step uses: Keras evaluates a schedule at the iterations
+                # before the step. Read eagerly: a callable's value may change.
+                self._lr_before = tf.cast(
+                    tf.convert_to_tensor(self._reader.optimizer.learning_rate), tf.float32
+                )
             except Exception as error:  # a diagnostic must never end a training run
                 self._give_up(f"{type(error).__name__}: {error}")
 
@@ -204,8 +209,13 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             self._event_file = next(iter(set(self._event_files()) - existing), None)
             self._written, self._pending = 0, False
         previous_step, previous_caches = self._previous or (step, self._no_caches())
+        lr = (
+            self._lr_before
+            if self._one_step_window
+            else _learning_rate_of_last_step(optimizer, self._lr_before)
+        )
         out = self._compiled(with_histograms)(
-            self._before, previous_caches, tf.constant(float(max(step - previous_step, 1)))
+            self._before, lr, previous_caches, tf.constant(float(max(step - previous_step, 1)))
         )
         summary = self._summary(with_histograms, out, has_previous=self._previous is not None)
         with self._writer.as_default(step=step):
@@ -252,8 +262,13 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         has_cache = self._reader.cache_slot is not None
         return [tf.zeros(v.shape if has_cache else ()) for v in self._variables]
 
-    def _stats(self, before, previous_caches, steps_since, with_histograms):
+    def _stats(self, before, lr, previous_caches, steps_since, with_histograms):
         """Every statistic of one log step, computed in one compiled call.
+
+        `lr` is the learning rate of the step just taken (not the optimizer's
+        current one, which a schedule has already moved on to the next step's):
+        effective rates, the threshold and the gradient recovered from the change
+        of the state all use it.
 
         Returns small tensors only: "scalars" (a vector, tagged by `self._tags`, which
         tracing fills), "histograms" (bucket counts and ranges, tagged by
@@ -262,7 +277,6 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         """
         reader, twin = self._reader, self._reader.twin
         optimizer = reader.optimizer
-        lr = tf.cast(optimizer.learning_rate, tf.float32)
         tags, scalars, histogram_tags, histograms = [], [], [], []
         self._tags[with_histograms], self._histogram_tags[with_histograms] = tags, histogram_tags
 
@@ -294,7 +308,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             weight = tf.convert_to_tensor(variable)
             rate = at_initial = momentum = cache = growth = gradient_squared = None
             if twin is not None:
-                rate = twin.rate_from_state(state, optimizer.learning_rate, optimizer.iterations, variable)
+                rate = twin.rate_from_state(state, lr, optimizer.iterations, variable)
                 at_initial = twin.initial_mask_from_state(state, variable)
                 momentum = state.get(reader.momentum_slot)
                 cache = state.get(reader.cache_slot)
@@ -426,6 +440,20 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         )
         if self.stop_on_nonfinite:
             self.model.stop_training = True
+
+
+def _learning_rate_of_last_step(optimizer, read_before):
+    """The learning rate of the last step of a window of several steps (one execution
+    under `steps_per_execution`): a schedule evaluated where Keras evaluated it for that
+    step (at the raw iteration count before it, `iterations * gradient_accumulation_steps
+    - 1`); any other learning rate cannot change inside an execution, so the value read
+    before the window."""
+    schedule = getattr(optimizer, "_learning_rate", None)
+    if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        return read_before
+    accumulation = getattr(optimizer, "gradient_accumulation_steps", None) or 1
+    iterations = tf.cast(tf.convert_to_tensor(optimizer.iterations), tf.int64)
+    return tf.cast(schedule(iterations * accumulation - 1), tf.float32)
 
 
 def _layout(layers):
