@@ -59,19 +59,22 @@ def _fit(model, callbacks, epochs=2):
     return model.fit(x, y, batch_size=BATCH, epochs=epochs, shuffle=False, verbose=0, callbacks=callbacks)
 
 
-def _expected_tags(momentum, cache, gradient=True, histograms=True, traces=()):
-    """The documented tag scheme, written out independently of the callback."""
+def _expected_tags(momentum, cache, gradient=True, histograms=True, traces=(), execution=False):
+    """The documented tag scheme, written out independently of the callback. With
+    `execution` (steps_per_execution > 1) the update ratio spans the execution."""
     scopes = [f"var/{v}" for v in VARIABLES] + [f"layer/{layer}" for layer in LAYERS] + ["model"]
     tags = set()
     for scope in scopes:
         tags |= {f"effective_lr/{scope}/{stat}" for stat in RATE}
-        tags.add(f"update_ratio/{scope}")
+        tags.add(f"update_ratio_over_execution/{scope}" if execution else f"update_ratio/{scope}")
         if gradient:
             tags.add(f"gradient_norm/{scope}")
         if momentum:
             tags |= {f"momentum/{scope}/l2_norm", f"momentum/{scope}/mean_abs"}
         if cache:
-            tags |= {f"cache/{scope}/{stat}" for stat in ("mean", "max", "growth_per_step_mean")}
+            tags |= {
+                f"cache/{scope}/{stat}" for stat in ("mean", "max", "mean_growth_per_step_since_last_log")
+            }
     for v in VARIABLES:
         tags.add(f"nonfinite/var/{v}")
         if histograms:
@@ -79,11 +82,12 @@ def _expected_tags(momentum, cache, gradient=True, histograms=True, traces=()):
             if momentum:
                 tags.add(f"momentum/var/{v}/values")
             if cache:
-                tags.add(f"cache/var/{v}/growth_per_step")
+                tags.add(f"cache/var/{v}/growth_per_step_since_last_log")
     for name in traces:
         tags |= {f"trace/{name}/weight", f"trace/{name}/effective_lr"}
         tags |= {f"trace/{name}/momentum"} if momentum else set()
         tags |= {f"trace/{name}/cache"} if cache else set()
+    tags |= {"execution_steps"} if execution else set()
     return tags | {"custom_scalars__config__", "_hparams_/session_start_info"}
 
 
@@ -233,20 +237,80 @@ def test_one_callback_across_two_fits_goes_on_writing(tmp_path):
     assert len(os.listdir(tmp_path / "optimizer")) == 1
 
 
-def test_one_callback_on_a_second_model_reads_the_second_model(tmp_path):
-    callback = OptimizerDiagnostics(tmp_path, every_n_steps=2)
-    _fit(_model(ko.Adam()), [callback], epochs=1)
+def test_one_callback_on_a_second_optimizer_writes_a_run_of_its_own(tmp_path):
+    """The model compiled again with another optimizer, then another model: runs
+    "optimizer-2" and "optimizer-3", each read from its own optimizer; "optimizer" keeps
+    the first optimizer's steps alone."""
+    callback = OptimizerDiagnostics(
+        tmp_path, every_n_steps=2, histogram_every_n_steps=None, per_variable=False
+    )
+    model = _model(ko.Adam())
+    _fit(model, [callback], epochs=1)
+    model.compile(optimizer=ko.Momentum(), loss="mse")  # the same variables, another optimizer
+    _fit(model, [callback], epochs=1)
+    assert callback.run_dir == os.path.join(tmp_path, "optimizer-2")
     keras.utils.set_random_seed(1)
     other = keras.Sequential([keras.Input((5,)), keras.layers.Dense(2, name="solo")], name="other")
     other.compile(optimizer=ko.SGD(), loss="mse")
     _fit(other, [callback], epochs=1)
-    events = read_run(tmp_path / "optimizer")
-    assert [step for step, _ in events["update_ratio/var/other/solo/kernel"]] == [2, 4]
+    runs = {name: read_run(tmp_path / name) for name in ("optimizer", "optimizer-2", "optimizer-3")}
+    assert [step for step, _ in runs["optimizer"]["update_ratio/model"]] == [2, 4]
+    assert "cache/model/mean" in runs["optimizer"] and not any("solo" in tag for tag in runs["optimizer"])
+    assert "momentum/model/l2_norm" in runs["optimizer-2"] and "cache/model/mean" not in runs["optimizer-2"]
+    assert [step for step, _ in runs["optimizer-2"]["update_ratio/model"]] == [2, 4]
+    assert [step for step, _ in runs["optimizer-3"]["update_ratio/layer/other/solo"]] == [2, 4]
 
 
-def test_a_run_that_logs_nothing_leaves_no_event_file(tmp_path):
-    _fit(_model(ko.SGD()), [OptimizerDiagnostics(tmp_path / "logs", every_n_steps=1000)])
+def test_a_run_that_logs_nothing_leaves_no_event_file_and_says_so(tmp_path):
+    with pytest.warns(UserWarning, match=r"wrote nothing in this fit: .*every_n_steps=1000.* took 8 steps"):
+        _fit(_model(ko.SGD()), [OptimizerDiagnostics(tmp_path / "logs", every_n_steps=1000)])
     assert not (tmp_path / "logs").exists()
+
+
+def test_logs_follow_optimizer_iterations_across_fits_and_callbacks(tmp_path):
+    """A fit of 3 steps with every_n_steps=4 logs nothing and says how to choose
+    every_n_steps; a new callback on the resumed training (iterations 3 to 7) logs at 4."""
+    model, (x, y) = _model(ko.SGD()), _data()
+    first = OptimizerDiagnostics(tmp_path, every_n_steps=4)
+    with pytest.warns(UserWarning) as record:
+        model.fit(
+            x[: 3 * BATCH], y[: 3 * BATCH], batch_size=BATCH, shuffle=False, verbose=0, callbacks=[first]
+        )
+    [message] = [str(w.message) for w in record if "OptimizerDiagnostics" in str(w.message)]
+    assert "every_n_steps=4" in message and "took 3 steps (iterations 0 to 3" in message
+    assert "every_n_steps=1 would log about 3 times an epoch" in message
+    second = OptimizerDiagnostics(tmp_path, every_n_steps=4, histogram_every_n_steps=None)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="OptimizerDiagnostics")
+        _fit(model, [second], epochs=1)
+    assert int(model.optimizer.iterations) == 7
+    assert [step for step, _ in read_run(tmp_path / "optimizer")["update_ratio/model"]] == [4]
+
+
+def test_gradient_accumulation_logs_at_optimizer_steps(tmp_path):
+    """gradient_accumulation_steps=2: 8 batches are 4 optimizer steps; logs at steps 2 and 4,
+    the gradient being the mean of the two batches' gradients at the same weights."""
+    model, recorder = _model(ko.SGD(0.1, gradient_accumulation_steps=2)), _StepRecorder()
+    callback = OptimizerDiagnostics(
+        tmp_path, every_n_steps=2, histogram_every_n_steps=None, per_variable=False
+    )
+    _fit(model, [recorder, callback])
+    events = read_run(tmp_path / "optimizer")
+    assert [step for step, _ in events["gradient_norm/model"]] == [2, 4]
+    for variable, value in zip(model.trainable_variables, recorder.before[4], strict=True):
+        variable.assign(value)  # the weights before the 4th optimizer step (batches 7 and 8)
+    x, y = _data()
+    with tf.GradientTape() as tape:
+        losses = [
+            keras.losses.mean_squared_error(
+                y[b * BATCH : (b + 1) * BATCH], model(x[b * BATCH : (b + 1) * BATCH])
+            )
+            for b in (2, 3)
+        ]
+        loss = (tf.reduce_mean(losses[0]) + tf.reduce_mean(losses[1])) / 2
+    grads = tape.gradient(loss, model.trainable_variables)
+    norm = np.sqrt(sum(float(tf.reduce_sum(g**2)) for g in grads))
+    assert last(events, "gradient_norm/model") == pytest.approx(norm, rel=1e-3)
 
 
 def test_unwritable_log_dir_fails_before_any_step(tmp_path):
@@ -297,6 +361,12 @@ def test_log_dir_vanishing_mid_run_warns_once_and_training_goes_on(tmp_path):
         history = _fit(model, [diagnostics, _RemoveLogDir(tmp_path / "logs", 3)], epochs=3)
     assert len([w for w in record if "stopped writing" in str(w.message)]) == 1
     assert len(history.history["loss"]) == 3 and int(model.optimizer.iterations) == 3 * STEPS_PER_EPOCH
+    # The next fit with the same callback tries again, and writes.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="OptimizerDiagnostics")
+        _fit(model, [diagnostics], epochs=1)
+    events = read_run(tmp_path / "logs" / "optimizer")
+    assert [step for step, _ in events["update_ratio/model"]] == [13, 14, 15, 16]
 
 
 class _Poison(keras.callbacks.Callback):
@@ -339,14 +409,28 @@ def test_beside_keras_tensorboard_on_one_log_dir(tmp_path):
     assert "effective_lr/model/median" in read_run(tmp_path / "optimizer")
 
 
-def test_steps_per_execution_spans_the_window_and_drops_the_gradient(tmp_path):
-    model = _model(ko.Momentum(), steps_per_execution=2)
-    _fit(model, [OptimizerDiagnostics(tmp_path, every_n_steps=2, histogram_every_n_steps=None)])
+def test_steps_per_execution_logs_windows_named_as_such(tmp_path):
+    """steps_per_execution=3 over epochs of 4 steps: executions of 3 and 1 steps. A log
+    follows the execution in which iterations passes a multiple of 2 (the first one's is
+    skipped: Keras builds the optimizer in it); its update ratio spans that execution and
+    its effective rate is that of the execution's last step."""
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([5], [0.01, 0.02])
+    model, recorder = _model(ko.Momentum(schedule), steps_per_execution=3), _StepRecorder()
+    callback = OptimizerDiagnostics(tmp_path, every_n_steps=2, histogram_every_n_steps=None)
+    _fit(model, [recorder, callback])
     events = read_run(tmp_path / "optimizer")
-    assert set(events) == _expected_tags(momentum=True, cache=False, gradient=False, histograms=False)
-    # The optimizer is built in the first step, so the log due at step 2 (the first
-    # execution) is skipped.
-    assert [step for step, _ in events["update_ratio/model"]] == [4, 6, 8]
+    assert set(events) == _expected_tags(
+        momentum=True, cache=False, gradient=False, histograms=False, execution=True
+    )
+    assert [(step, float(n)) for step, n in events["execution_steps"]] == [(4, 1), (7, 3), (8, 1)]
+    # step t uses the schedule at t - 1: 0.01 up to 5, then 0.02
+    rates = [(step, float(value)) for step, value in events["effective_lr/model/max"]]
+    assert rates == [(4, pytest.approx(0.01)), (7, pytest.approx(0.02)), (8, pytest.approx(0.02))]
+    # the execution that ended at step 7 started from the weights after step 4
+    before, after = recorder.before[7], recorder.before[8]
+    dw = np.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(after, before, strict=True)))
+    w = np.sqrt(sum((b**2).sum() for b in before))
+    assert float(dict(events["update_ratio_over_execution/model"])[7]) == pytest.approx(dw / w, rel=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -57,9 +57,11 @@ def part(rate, at_initial, momentum, cache, cache_growth, weight, weight_change,
     `initial_state_mask`: never updated, or decayed back to it, as RMSProp's and
     Adam's caches do to 0 after enough steps without gradient), kept out of the
     rate's distribution;
-    `cache_growth`: cache change per step since the previous log; `weight`: the
-    weights before the step before the log, `weight_change`: their change over
-    that step; `gradient_squared`: g^2 of that step; `threshold`: rates below it
+    `cache_growth`: cache change per step since the previous log (a window of
+    `every_n_steps` steps or so); `weight`: the weights before the window the
+    update is measured over (the step before the log, or the execution before it),
+    `weight_change`: their change over that window; `gradient_squared`: g^2 of
+    the step before the log; `threshold`: rates below it
     count as "below threshold".
     """
     p = {"n": _f32(tf.size(weight)), "weight_sumsq": tf.reduce_sum(tf.square(_f32(weight)))}
@@ -150,7 +152,7 @@ def summarise(parts) -> dict:
         out["cache/mean"] = p["cache_sum"] / p["cache_n"]
         out["cache/max"] = p["cache_max"]
     if "growth_sum" in p:
-        out["cache/growth_per_step_mean"] = p["growth_sum"] / p["growth_n"]
+        out["cache/mean_growth_per_step_since_last_log"] = p["growth_sum"] / p["growth_n"]
     if "change_sumsq" in p:
         out["update_ratio"] = tf.math.divide_no_nan(tf.sqrt(p["change_sumsq"]), tf.sqrt(p["weight_sumsq"]))
     if "gradient_sumsq" in p:
