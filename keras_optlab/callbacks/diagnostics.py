@@ -45,10 +45,11 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
     The snapshot of the weights is taken at the beginning of that batch: the batch
     that will pass the multiple is known from `iterations` and `steps_per_execution`.
     (The first batch of a new optimizer cannot be logged: Keras builds the optimizer
-    in it.) A `fit` that ends without a log warns, naming `every_n_steps` and the
-    number of steps the fit took: for a small dataset choose `every_n_steps` below
-    the steps of an epoch (45 steps an epoch and `every_n_steps=10`: logs at steps
-    10, 20, 30, 40, 50, ...).
+    in it; a multiple it passes is logged at the next batch.) A `fit` that ends
+    without a log warns, naming `every_n_steps` and the number of steps the fit
+    took: for a small dataset choose `every_n_steps` below the steps of an epoch
+    (the lab's digits, 43 steps an epoch at batch 32, and `every_n_steps=10`: logs
+    at steps 10, 20, 30, 40, 50, ...).
 
     At each log it writes, for each trainable variable (tag scope `var/<path>`),
     each layer (`layer/<path>`) and the whole model (`model`):
