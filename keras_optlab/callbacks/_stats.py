@@ -5,10 +5,14 @@ learning rates. Parts add up, so a layer's statistics and the model's come from
 the same parts by the same `summarise`, with no second pass over the data.
 
 Quantiles of the effective learning rate are read off a histogram of
-log10(rate) with `BINS` bins over [1e-12, 1e4] (`WIDTH` = 0.025 decades a bin),
+log10(rate) with `BINS` bins over [1e-39, 1e39] (`WIDTH` = 0.025 decades a bin),
 interpolated linearly inside a bin and clipped to the exact minimum and maximum:
-a quantile is exact to within one bin, 6% relative. Rates outside the range are
-counted in the end bins (their minimum and maximum stay exact).
+a quantile is exact to within one bin, 6% relative. The range holds every
+positive float32 (1.2e-38 to 3.4e38; rates are computed in float32), so no rate
+is folded into an end bin: a rate of lr/eps or larger (RMSProp's or Adam's dead
+inputs, Adagrad's at its initial value) is counted where it is. Only 0 and
+float32's subnormal numbers fall in the first bin, whose quantile is the exact
+minimum; +inf falls in the last (and `max` is inf).
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ import math
 
 import tensorflow as tf
 
-BINS = 640
-LOG10_LOW, LOG10_HIGH = -12.0, 4.0
-WIDTH = (LOG10_HIGH - LOG10_LOW) / BINS
+LOG10_LOW, LOG10_HIGH = -39.0, 39.0
+WIDTH = 0.025
+BINS = round((LOG10_HIGH - LOG10_LOW) / WIDTH)  # 3120
+#: float32's smallest positive normal number, 1.2e-38.
+_TINY = 1.1754944e-38
 QUANTILES = {"q05": 0.05, "q25": 0.25, "median": 0.5, "q75": 0.75, "q95": 0.95}
 #: Key of `summarise`'s output that is not a tag: how many elements the rates cover.
 TOUCHED = "_touched"
@@ -32,34 +38,45 @@ def _f32(x):
 
 
 def log10(rate):
-    """log10 of effective learning rates (float32; a rate of 0 counts as 1e-30)."""
-    return tf.math.log(tf.maximum(_f32(rate), 1e-30)) / math.log(10.0)
+    """log10 of effective learning rates (float32; a rate of 0 counts as 1.2e-38, float32's
+    smallest normal number, whose log10 is -37.9)."""
+    return tf.math.log(tf.maximum(_f32(rate), _TINY)) / math.log(10.0)
 
 
-def part(
-    rate, never_updated, momentum, cache, cache_growth, weight, weight_change, gradient_squared, threshold
-):
+def _bin(rate):
+    """The bin of each rate: 0 for 0 (log10 -inf), the last for +inf."""
+    log = tf.clip_by_value(tf.math.log(_f32(rate)) / math.log(10.0), LOG10_LOW, LOG10_HIGH)
+    return tf.clip_by_value(tf.cast(tf.floor((log - LOG10_LOW) / WIDTH), tf.int32), 0, BINS - 1)
+
+
+def part(rate, at_initial, momentum, cache, cache_growth, weight, weight_change, gradient_squared, threshold):
     """The additive statistics of one variable. Any argument but `weight` may be None.
 
-    `rate`: effective learning rate per element; `never_updated`: bool mask of
-    elements whose cache is still initial (kept out of the rate's distribution);
-    `cache_growth`: cache change per step since the previous log; `weight`: the
-    weights before the step before the log, `weight_change`: their change over
-    that step; `gradient_squared`: g^2 of that step; `threshold`: rates below it
+    `rate`: effective learning rate per element; `at_initial`: bool mask of
+    elements whose cache holds its initial value (the optimizer's
+    `initial_state_mask`: never updated, or decayed back to it, as RMSProp's and
+    Adam's caches do to 0 after enough steps without gradient), kept out of the
+    rate's distribution;
+    `cache_growth`: cache change per step since the previous log (a window of
+    `every_n_steps` steps or so); `weight`: the weights before the window the
+    update is measured over (the step before the log, or the execution before it),
+    `weight_change`: their change over that window; `gradient_squared`: g^2 of
+    the step before the log; `threshold`: rates below it
     count as "below threshold".
     """
     p = {"n": _f32(tf.size(weight)), "weight_sumsq": tf.reduce_sum(tf.square(_f32(weight)))}
     if rate is not None:
         rate = _f32(rate)
-        touched = tf.logical_not(never_updated)
-        bins = tf.clip_by_value(tf.cast(tf.floor((log10(rate) - LOG10_LOW) / WIDTH), tf.int32), 0, BINS - 1)
+        touched = tf.logical_not(at_initial)
+        bins = _bin(rate)
         weights = _f32(touched)
         inf = tf.constant(math.inf)
         p.update(
             rate_counts=tf.math.unsorted_segment_sum(tf.reshape(weights, [-1]), tf.reshape(bins, [-1]), BINS),
             rate_touched=tf.reduce_sum(weights),
-            rate_never=tf.reduce_sum(_f32(never_updated)),
-            rate_sum=tf.reduce_sum(tf.where(touched, rate, 0.0)),
+            rate_initial=tf.reduce_sum(_f32(at_initial)),
+            # in float64: rates near float32's maximum would overflow a float32 sum
+            rate_sum=tf.reduce_sum(tf.cast(tf.where(touched, rate, 0.0), tf.float64)),
             rate_min=tf.reduce_min(tf.where(touched, rate, inf)),
             rate_max=tf.reduce_max(tf.where(touched, rate, -inf)),
             rate_below=tf.reduce_sum(_f32(tf.logical_and(touched, rate < threshold))),
@@ -109,6 +126,7 @@ def _quantiles(counts, low, high):
     before = tf.where(index > 0, tf.gather(cumulative, tf.maximum(index - 1, 0)), 0.0)
     within = tf.math.divide_no_nan(targets - before, tf.gather(counts, index))
     values = tf.pow(10.0, LOG10_LOW + (_f32(index) + within) * WIDTH)
+    values = tf.where(index == 0, low, values)  # the first bin: 0 or subnormal, below 1.06e-39
     values = tf.clip_by_value(values, low, high)
     return dict(zip(QUANTILES, tf.unstack(values), strict=True))
 
@@ -120,10 +138,10 @@ def summarise(parts) -> dict:
     if "rate_counts" in p:
         touched = p["rate_touched"]
         out[TOUCHED] = touched
-        out["effective_lr/never_updated"] = p["rate_never"]
+        out["effective_lr/cache_at_initial_value"] = p["rate_initial"]
         out["effective_lr/fraction_below_threshold"] = tf.math.divide_no_nan(p["rate_below"], touched)
         out["effective_lr/min"] = p["rate_min"]
-        out["effective_lr/mean"] = tf.math.divide_no_nan(p["rate_sum"], touched)
+        out["effective_lr/mean"] = _f32(tf.math.divide_no_nan(p["rate_sum"], tf.cast(touched, tf.float64)))
         out["effective_lr/max"] = p["rate_max"]
         for name, value in _quantiles(p["rate_counts"], p["rate_min"], p["rate_max"]).items():
             out[f"effective_lr/{name}"] = value
@@ -134,7 +152,7 @@ def summarise(parts) -> dict:
         out["cache/mean"] = p["cache_sum"] / p["cache_n"]
         out["cache/max"] = p["cache_max"]
     if "growth_sum" in p:
-        out["cache/growth_per_step_mean"] = p["growth_sum"] / p["growth_n"]
+        out["cache/mean_growth_per_step_since_last_log"] = p["growth_sum"] / p["growth_n"]
     if "change_sumsq" in p:
         out["update_ratio"] = tf.math.divide_no_nan(tf.sqrt(p["change_sumsq"]), tf.sqrt(p["weight_sumsq"]))
     if "gradient_sumsq" in p:
