@@ -1,6 +1,11 @@
 """The lab: each subcommand with tiny settings, bad input, and the claims it shows."""
 
+import configparser
 import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +15,8 @@ from keras_optlab.callbacks import OptimizerDiagnostics
 from keras_optlab.lab import cli, data, training
 from keras_optlab.lab.surfaces import SURFACES, default_learning_rate, oscillation, trajectory
 from tests.tb import last, read_run
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run(capsys, command: str, logdir):
@@ -106,21 +113,44 @@ def test_sweep_writes_plot_and_best_table(tmp_path, capsys):
         (["compare", "--dataset", "mnist"], "invalid choice: 'mnist'"),
         (["compare", "--epochs", "-3"], "must be a positive integer, got '-3'"),
         (["compare", "--lr", "fast"], "--lr must be a number, got 'fast'"),
+        (["compare", "--lr", "nan"], "--lr must be a positive finite number, got 'nan'"),
         (["compare", "--model", "cnn", "--dataset", "wine"], "--model cnn needs an image dataset"),
         (["surfaces", "--surface", "everest"], "unknown surface ['everest']"),
         (["sweep", "--lr-min", "1", "--lr-max", "0.1"], "--lr-min must be below --lr-max"),
+        # Item 9: scikit-learn's and NumPy's seeds are integers in [0, 2**32).
+        (["compare", "--seed", "-1"], "argument --seed: must be an integer from 0 to 4294967295"),
+        (["compare", "--seed", str(2**32)], "argument --seed: must be an integer from 0 to 4294967295"),
+        # Item 16 (--epochs 1: before the fix these trained, so that they fail fast).
+        (["compare", "--epochs", "1", "--optimizers", "SGD, sgd"], "--optimizers names SGD twice"),
+        (["sweep", "--epochs", "1", "--optimizers", "Adam,RMSProp,adam"], "--optimizers names Adam twice"),
+        (["surfaces", "--steps", "1", "--surface", "ravine,Ravine"], "--surface names ravine twice"),
+        (
+            ["compare", "--epochs", "1", "--optimizers", "SGD", "--lr", "Adam=5"],
+            "--lr sets Adam, which is not in --optimizers SGD",
+        ),
+        (["compare", "--epochs", "1", "--lr", "SGD=0.1,sgd=0.2"], "--lr sets SGD twice"),
+        (
+            ["compare", "--epochs", "1", "--optimizers", "SGD", "--target-loss", "nan"],
+            "argument --target-loss: must be a positive finite number, got 'nan'",
+        ),
+        (
+            ["compare", "--epochs", "1", "--optimizers", "SGD", "--target-loss", "inf"],
+            "argument --target-loss: must be a positive finite number, got 'inf'",
+        ),
+        (
+            ["compare", "--epochs", "1", "--optimizers", "SGD", "--target-loss", "-0.5"],
+            "argument --target-loss: must be a positive finite number, got '-0.5'",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_nothing_runs(tmp_path, capsys, argv, message):
     out_dir = tmp_path / "never"
-    with (
-        pytest.raises(SystemExit)
-        if "invalid choice" in message or "positive integer" in message
-        else _no_exit()
-    ):
+    try:
         code = cli.main([*argv, "--logdir", str(out_dir)])
-        assert code == 2
+    except SystemExit as exit:  # argparse's checks
+        code = exit.code
     err = capsys.readouterr().err
+    assert code == 2
     assert err.count("\n") == 1 and err.startswith("keras-optlab: error: ") and message in err
     assert not out_dir.exists()
 
@@ -132,12 +162,13 @@ def test_unwritable_logdir_is_refused_before_training(tmp_path, capsys):
     assert code == 2 and "is a file, not a directory" in err and err.count("\n") == 1
 
 
-class _no_exit:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux' /proc")
+def test_a_logdir_in_proc_is_refused_in_one_line(capsys):
+    """Item 9: /proc/optlab was a FileNotFoundError traceback (os.access says yes to root there)."""
+    code, _, err = _run(capsys, "compare --epochs 1 --optimizers SGD", "/proc/optlab")
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("keras-optlab: error: cannot write to --logdir /proc/optlab: ")
+    assert not os.path.exists("/proc/optlab")
 
 
 # ------------------------------------------------------------------ claims
@@ -173,3 +204,75 @@ def test_adagrads_effective_learning_rate_dies_out_while_rmsprops_does_not(tmp_p
         training.train(dataset, "mlp", cls(learning_rate=0.01), initial, 20, 32, 0, callbacks=[callback])
         medians[cls] = last(read_run(tmp_path / cls.__name__ / "optimizer"), "effective_lr/model/median")
     assert medians[ko.RMSProp] > 10 * medians[ko.Adagrad]
+
+
+# ------------------------------------------------------- the command line
+def _console_script():
+    """The `keras-optlab` console script's target in setup.cfg, and the modules it ships."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    scripts = dict(
+        line.split("=", 1) for line in config["options.entry_points"]["console_scripts"].strip().splitlines()
+    )
+    target = (
+        scripts["keras-optlab "].strip() if "keras-optlab " in scripts else scripts["keras-optlab"].strip()
+    )
+    return target, config["options"].get("py_modules", "").split()
+
+
+def test_help_of_every_command_imports_neither_tensorflow_nor_keras():
+    """Item 14: the console script's module answers --help (and checks arguments) without
+    TensorFlow or Keras; each help shows defaults, the sweep's size and the surfaces."""
+    target, py_modules = _console_script()
+    module, function = target.split(":")
+    assert module.split(".")[0] in py_modules or "." in module
+    script = f"""
+import sys
+from {module} import {function} as main
+for argv in ([], ["compare"], ["surfaces"], ["sweep"]):
+    try:
+        main([*argv, "--help"])
+    except SystemExit as exit:
+        assert exit.code == 0, exit.code
+code = main(["compare", "--optimizers", "SGD,sgd"])
+print("MODULES", sorted(m for m in ("tensorflow", "keras", "keras_optlab") if m in sys.modules), code)
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "MODULES [] 2"
+    assert "--optimizers names SGD twice" in done.stderr
+    helps = " ".join(done.stdout.split())  # whatever the width argparse wrapped to
+    assert "--epochs EPOCHS epochs per optimizer (default: 30)" in helps
+    assert "--seed SEED seed of the split, the weights and the batches (default: 0)" in helps
+    assert "comma-separated, each at most once (default: SGD,Momentum,NAG,Adagrad,RMSProp,Adam)" in helps
+    assert "6 optimizers x 9 points x 2 seeds = 108 fits" in helps
+    assert f"--surface SURFACE comma-separated, from {', '.join(SURFACES)}; or 'all' (default: all)" in helps
+
+
+def test_the_parsers_static_lists_are_the_packages():
+    """Item 14: the command line's lists, built without importing the package, cannot drift."""
+    import keras_optlab_cli as static
+
+    assert static.OPTIMIZERS == tuple(c.__name__ for c in ko.ALL)
+    assert tuple(static.DEFAULT_LR) == static.OPTIMIZERS
+    assert static.CONVENTIONS == ("ours", *ko.optimizers.FRAMEWORKS)
+    assert static.DATASETS == tuple(data.DATASETS)
+    assert static.IMAGE_DATASETS == tuple(n for n in data.DATASETS if data.load(n).image_shape is not None)
+    assert static.MODELS == training.MODELS
+    assert static.SURFACES == tuple(SURFACES)
+    assert static.version() == ko.__version__
+
+
+def test_python_m_keras_optlab_cli_refuses_in_one_line_without_tensorflow(tmp_path):
+    """`python -m keras_optlab_cli` (the module run as __main__) reports bad input in one line."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_optlab_cli", "sweep", "--lr-min", "1", "--lr-max", "0.5"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == "keras-optlab: error: --lr-min must be below --lr-max, got 1 and 0.5\n"

@@ -1,33 +1,26 @@
-"""`keras-optlab`: compare optimizers on bundled data, on 2-D surfaces, and over learning rates."""
+"""The commands of `keras-optlab`: compare, surfaces and sweep.
+
+The command line itself (the parser, the checks of the arguments, exit codes) is the
+top-level module `keras_optlab_cli`, which imports this module, and with it TensorFlow,
+only when a command runs (its docstring says why). Each command takes the checked
+arguments. `python -m keras_optlab.lab.cli` runs the same `main`.
+"""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime
+import math
 import os
 import sys
-import time
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras_optlab as ko
 from keras_optlab._paths import why_unwritable
+from keras_optlab_cli import DEFAULT_LR, UsageError, main
 
-OPTIMIZERS = {cls.__name__.lower(): cls for cls in ko.ALL}
-CONVENTIONS = ("ours", "keras", "pytorch", "optax")
-#: Default learning rates: a good value for each optimizer on the digits MLP (see `keras-optlab sweep`).
-DEFAULT_LR = {"SGD": 0.05, "Momentum": 0.01, "NAG": 0.01, "Adagrad": 0.05, "RMSProp": 0.001, "Adam": 0.001}
+__all__ = ["UsageError", "compare", "main", "surfaces", "sweep"]
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, then a non-zero exit
-        sys.stderr.write(f"keras-optlab: error: {message}\n")
-        sys.exit(2)
-
-
-class UsageError(Exception):
-    """Bad input: reported in one line before any training starts."""
+CLASSES = {cls.__name__: cls for cls in ko.ALL}
 
 
 def _progress(done: int, total: int, label: str) -> None:
@@ -37,47 +30,6 @@ def _progress(done: int, total: int, label: str) -> None:
     if done == total:
         sys.stderr.write("\n")
     sys.stderr.flush()
-
-
-def _optimizer_classes(text: str):
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n.lower() not in OPTIMIZERS]
-    if unknown or not names:
-        raise UsageError(f"unknown optimizer {unknown or text!r}; choose from {[c.__name__ for c in ko.ALL]}")
-    return [OPTIMIZERS[n.lower()] for n in names]
-
-
-def _learning_rates(text: str | None, classes, default) -> dict:
-    """`--lr 0.01` for all, or `--lr Adam=0.003,SGD=0.1` for some (the others keep `default`)."""
-    rates = {cls.__name__: default(cls) for cls in classes}
-    if text is None:
-        return rates
-    if "=" not in text:
-        return dict.fromkeys(rates, _positive_float(text, "--lr"))
-    for item in text.split(","):
-        name, _, value = item.partition("=")
-        rates[_optimizer_classes(name)[0].__name__] = _positive_float(value, f"--lr {name}")
-    return rates
-
-
-def _positive_float(text, what):
-    try:
-        value = float(text)
-    except ValueError:
-        raise UsageError(f"{what} must be a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise UsageError(f"{what} must be a positive number, got {text!r}")
-    return value
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
 
 
 def _make(cls, convention: str, lr: float):
@@ -91,6 +43,7 @@ def _out_dir(args, command: str) -> str:
     reason = why_unwritable(out)
     if reason:
         raise UsageError(f"cannot write to --logdir {out}: {reason}")
+    args.out = out
     return out
 
 
@@ -112,10 +65,8 @@ def _write_csv(path, rows, columns):
 def compare(args) -> None:
     from keras_optlab.lab import data, plots, training
 
-    classes = _optimizer_classes(args.optimizers)
-    rates = _learning_rates(args.lr, classes, lambda cls: DEFAULT_LR[cls.__name__])
-    if args.model == "cnn" and args.dataset != "digits":
-        raise UsageError(f"--model cnn needs an image dataset (digits), got --dataset {args.dataset}")
+    classes = [CLASSES[name] for name in args.optimizer_names]
+    rates = {name: args.lr_values.get(name, DEFAULT_LR[name]) for name in args.optimizer_names}
     out = _out_dir(args, "compare")
 
     import keras
@@ -198,13 +149,8 @@ def surfaces(args) -> None:
     from keras_optlab.lab import plots
     from keras_optlab.lab.surfaces import SURFACES, default_learning_rate, trajectory
 
-    names = list(SURFACES) if args.surface == "all" else [s.strip() for s in args.surface.split(",")]
-    unknown = [n for n in names if n not in SURFACES]
-    if unknown:
-        raise UsageError(f"unknown surface {unknown}; choose from {list(SURFACES)} or 'all'")
-    classes = _optimizer_classes(args.optimizers)
-    if args.lr is not None:
-        _learning_rates(args.lr, classes, lambda cls: 1.0)  # checked before any work
+    names = args.surface_names
+    classes = [CLASSES[name] for name in args.optimizer_names]
     out = _out_dir(args, "surfaces")
 
     import tensorflow as tf
@@ -214,7 +160,9 @@ def surfaces(args) -> None:
     rows = []
     for name in names:
         surface = SURFACES[name]
-        rates = _learning_rates(args.lr, classes, lambda cls, s=surface: default_learning_rate(s, cls))
+        rates = {
+            c.__name__: args.lr_values.get(c.__name__, default_learning_rate(surface, c)) for c in classes
+        }
         paths = {}
         for cls in classes:
             _progress(done, total, f"{name}: {cls.__name__}")
@@ -250,19 +198,21 @@ def surfaces(args) -> None:
 
 # ------------------------------------------------------------------- sweep
 def sweep(args) -> None:
-    import math
-
     import numpy as np
 
     from keras_optlab.lab import data, plots, training
 
-    classes = _optimizer_classes(args.optimizers)
-    low, high = _positive_float(args.lr_min, "--lr-min"), _positive_float(args.lr_max, "--lr-max")
-    if low >= high:
-        raise UsageError(f"--lr-min must be below --lr-max, got {low:g} and {high:g}")
+    classes = [CLASSES[name] for name in args.optimizer_names]
+    grid = [
+        float(f"{v:.3g}") for v in np.logspace(math.log10(args.lr_min), math.log10(args.lr_max), args.points)
+    ]
+    if len(set(grid)) < len(grid):
+        raise UsageError(
+            f"--points {args.points} between --lr-min {args.lr_min:g} and --lr-max {args.lr_max:g} gives "
+            "learning rates equal to 3 significant digits; use fewer points or a wider range"
+        )
     out = _out_dir(args, "sweep")
     dataset = data.load(args.dataset, seed=0)
-    grid = [float(f"{v:.3g}") for v in np.logspace(math.log10(low), math.log10(high), args.points)]
     results = {cls.__name__: {lr: [] for lr in grid} for cls in classes}
     total, done = len(classes) * len(grid) * args.seeds, 0
     for seed in range(args.seeds):
@@ -313,75 +263,5 @@ def sweep(args) -> None:
 
 
 # -------------------------------------------------------------------- main
-def _parser() -> argparse.ArgumentParser:
-    from keras_optlab.lab.data import DATASETS
-    from keras_optlab.lab.training import MODELS
-
-    parser = _Parser(prog="keras-optlab", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"keras-optlab {ko.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    every = ",".join(c.__name__ for c in ko.ALL)
-
-    def common(p, optimizers=every):
-        p.add_argument("--optimizers", default=optimizers, help=f"comma-separated, from {every}")
-        p.add_argument(
-            "--convention",
-            choices=CONVENTIONS,
-            default="ours",
-            help="run each optimizer in this framework's convention (Cls.like)",
-        )
-        p.add_argument("--logdir", help="output directory (default: optlab_runs/<command>-<time>)")
-
-    c = sub.add_parser("compare", help="train one model per optimizer on a bundled dataset")
-    common(c)
-    c.add_argument("--dataset", choices=list(DATASETS), default="digits")
-    c.add_argument("--model", choices=MODELS, default="mlp")
-    c.add_argument("--lr", help="one learning rate for all, or Name=value,... (default: per optimizer)")
-    c.add_argument("--epochs", type=_positive_int, default=30)
-    c.add_argument("--batch-size", type=_positive_int, default=32)
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument(
-        "--target-loss", type=float, help="loss for the steps_to_target column (default: per dataset)"
-    )
-    c.add_argument("--every-n-steps", type=_positive_int, default=10, help="diagnostics interval")
-    c.set_defaults(run=compare)
-
-    s = sub.add_parser("surfaces", help="optimizer paths on 2-D test functions")
-    common(s)
-    s.add_argument("--surface", default="all", help="comma-separated surfaces, or 'all'")
-    s.add_argument("--lr", help="one learning rate for all, or Name=value,... (default: per surface)")
-    s.add_argument("--steps", type=_positive_int, help="steps per path (default: per surface)")
-    s.add_argument("--gif", action="store_true", help="also write an animated GIF per surface")
-    s.set_defaults(run=surfaces)
-
-    w = sub.add_parser("sweep", help="final loss against the learning rate, several seeds")
-    common(w)
-    w.add_argument("--dataset", choices=list(DATASETS), default="digits")
-    w.add_argument("--model", choices=MODELS, default="mlp")
-    w.add_argument("--lr-min", default="1e-4")
-    w.add_argument("--lr-max", default="1")
-    w.add_argument("--points", type=_positive_int, default=9)
-    w.add_argument("--seeds", type=_positive_int, default=2)
-    w.add_argument("--epochs", type=_positive_int, default=10)
-    w.add_argument("--batch-size", type=_positive_int, default=32)
-    w.set_defaults(run=sweep)
-    return parser
-
-
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    start = time.perf_counter()
-    try:
-        args.run(args)
-    except UsageError as error:
-        sys.stderr.write(f"keras-optlab: error: {error}\n")
-        return 2
-    except ImportError as error:
-        sys.stderr.write(f"keras-optlab: error: {error}; the lab needs: pip install 'keras-optlab[lab]'\n")
-        return 2
-    print(f"({time.perf_counter() - start:.0f} s)")
-    return 0
-
-
 if __name__ == "__main__":
     sys.exit(main())
