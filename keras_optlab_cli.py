@@ -20,7 +20,8 @@ imports nothing of it at load time:
 
 `python -m keras_optlab_cli` is the same command; `python -m keras_optlab.lab.cli` still
 works (it imports TensorFlow first, so its `--help` is slow). Exit codes: 0 done, 2 bad
-input or an output directory that cannot be written.
+input or an output directory that cannot be written, 130 interrupted (Ctrl-C; what finished
+is written, marked partial).
 """
 
 from __future__ import annotations
@@ -59,10 +60,18 @@ _SWEEP_SIZE = (
     f"cores, {SWEEP_SECONDS_PER_FIT} s a fit (measured on 2 cores shared with other jobs: "
     "`keras-optlab sweep --points 2 --seeds 1`, 12 fits, took 92 s, 11 s of it starting up)."
 )
+_INTERRUPT = (
+    "Ctrl-C stops the run with exit code 130 and writes what finished, marked partial "
+    "(*-partial.csv, *-partial.png, a note above the table)."
+)
 
 
 class UsageError(Exception):
     """Bad input: reported in one line (exit code 2) before anything is written or trained."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a command: its message is the one line printed (exit code 130)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -269,6 +278,7 @@ def parser() -> argparse.ArgumentParser:
         "train one model per optimizer on a bundled dataset",
         "Train one model once per optimizer, from the same initial weights and on the same batches, "
         "with a TensorBoard run each; print a table, write results.csv and curves.png.",
+        _INTERRUPT,
     )
     common(c)
     c.add_argument("--dataset", choices=DATASETS, default="digits", help="bundled scikit-learn dataset")
@@ -289,6 +299,7 @@ def parser() -> argparse.ArgumentParser:
         "surfaces",
         "optimizer paths on 2-D test functions",
         "Draw each optimizer's path on 2-D test functions (<surface>.png) and log it to TensorBoard.",
+        _INTERRUPT,
     )
     common(s)
     s.add_argument("--surface", default="all", help=f"comma-separated, from {', '.join(SURFACES)}; or 'all'")
@@ -303,6 +314,7 @@ def parser() -> argparse.ArgumentParser:
         "Train each optimizer over a log grid of learning rates with several seeds; print the best "
         "learning rate of each, write best.csv, runs.csv and sweep.png.",
         _SWEEP_SIZE,
+        _INTERRUPT,
     )
     common(w)
     w.add_argument("--dataset", choices=DATASETS, default="digits", help="bundled scikit-learn dataset")
@@ -373,6 +385,18 @@ def _error(message: str, code: int) -> int:
     return code
 
 
+def _os_error(error: OSError, out) -> str:
+    what = error.strerror or str(error)
+    where = f" ({error.filename})" if error.filename and os.fspath(error.filename) != os.fspath(out) else ""
+    if out is None:
+        return f"error: {what}{where}"
+    try:
+        kept = "; what finished is kept there" if os.listdir(out) else ""
+    except OSError:
+        kept = ""
+    return f"error: cannot write to --logdir {out}: {what}{where}{kept}"
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     args.out = None  # the output directory, once a command has chosen it
@@ -387,13 +411,19 @@ def main(argv=None) -> int:
         getattr(cli, args.command)(args)
     except UsageError as error:
         return _error(f"error: {error}", 2)
+    except Interrupted as interrupted:
+        return _error(str(interrupted), 130)
+    except KeyboardInterrupt:
+        return _error("interrupted before any run finished; no results written", 130)
     except ImportError as error:
         return _error(f"error: {error}; the lab needs: pip install 'keras-optlab[lab]'", 2)
+    except OSError as error:
+        return _error(_os_error(error, args.out), 2)
     print(f"({time.perf_counter() - start:.0f} s)")
     return 0
 
 
 if __name__ == "__main__":  # python -m keras_optlab_cli: run the module under its own name, whose
-    import keras_optlab_cli  # UsageError the commands raise
+    import keras_optlab_cli  # UsageError and Interrupted the commands raise
 
     sys.exit(keras_optlab_cli.main())

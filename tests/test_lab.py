@@ -1,8 +1,9 @@
-"""The lab: each subcommand with tiny settings, bad input, and the claims it shows."""
+"""The lab: each subcommand with tiny settings, bad input, interrupts, and the claims it shows."""
 
 import configparser
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 import keras_optlab as ko
 from keras_optlab.callbacks import OptimizerDiagnostics
-from keras_optlab.lab import cli, data, training
+from keras_optlab.lab import cli, data, plots, surfaces, training
 from keras_optlab.lab.surfaces import SURFACES, default_learning_rate, oscillation, trajectory
 from tests.tb import last, read_run
 
@@ -171,6 +172,17 @@ def test_a_logdir_in_proc_is_refused_in_one_line(capsys):
     assert not os.path.exists("/proc/optlab")
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux' /proc")
+def test_an_os_error_creating_the_logdir_is_one_line(capsys, monkeypatch):
+    """Item 9: an OSError after the check (here the check is skipped) is one line, exit code 2."""
+    monkeypatch.setattr(cli, "why_unwritable", lambda path: None)
+    code, _, err = _run(capsys, "compare --epochs 1 --optimizers SGD", "/proc/optlab")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(
+        "keras-optlab: error: cannot write to --logdir /proc/optlab: No such file or directory"
+    )
+
+
 # ------------------------------------------------------------------ claims
 def test_sgd_stops_in_the_local_minimum_and_momentum_reaches_the_global_one():
     """local_minimum surface, from (1.8, 1.0), lr 0.02, momentum 0.9, 300 steps."""
@@ -204,6 +216,188 @@ def test_adagrads_effective_learning_rate_dies_out_while_rmsprops_does_not(tmp_p
         training.train(dataset, "mlp", cls(learning_rate=0.01), initial, 20, 32, 0, callbacks=[callback])
         medians[cls] = last(read_run(tmp_path / cls.__name__ / "optimizer"), "effective_lr/model/median")
     assert medians[ko.RMSProp] > 10 * medians[ko.Adagrad]
+
+
+# -------------------------------------------- interrupts and errors mid-run
+def _fake_run(optimizer, val_loss=0.5, epochs=1):
+    """A finished run as `training.train` returns it, without training (for the CLI's own logic)."""
+    return training.Run(
+        optimizer=type(optimizer).__name__,
+        learning_rate=float(optimizer.learning_rate.numpy()),
+        history={
+            "loss": [val_loss] * epochs,
+            "val_loss": [val_loss] * epochs,
+            "accuracy": [0.5] * epochs,
+            "val_accuracy": [0.5] * epochs,
+        },
+        seconds=0.1,
+        steps_per_epoch=43,
+        target_loss=0.1,
+        model=None,
+    )
+
+
+def _train_then(monkeypatch, error, at_call, real=True, val_loss=0.5):
+    """Replaces `training.train`: calls before `at_call` (from 1) train (or fake a run), that call raises."""
+    real_train, calls = training.train, []
+
+    def train(dataset, model_kind, optimizer, *args, **kwargs):
+        calls.append(type(optimizer).__name__)
+        if len(calls) == at_call:
+            raise error
+        return real_train(dataset, model_kind, optimizer, *args, **kwargs) if real else _fake_run(optimizer)
+
+    monkeypatch.setattr(training, "train", train)
+    return calls
+
+
+def _titles(monkeypatch, name):
+    """Records the titles given to `plots.<name>` (the partial mark goes there), still drawing."""
+    real, titles = getattr(plots, name), []
+
+    def spy(*args, **kwargs):
+        titles.append(args[2] if name != "surface" else kwargs.get("note"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(plots, name, spy)
+    return titles
+
+
+def _main(argv):
+    try:
+        return cli.main(argv)
+    except KeyboardInterrupt:  # would stop pytest itself
+        pytest.fail("KeyboardInterrupt escaped keras-optlab")
+
+
+def _one_message(err):
+    """The lines of stderr that are not the progress bar: there must be exactly one."""
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    messages = [line for line in lines if not re.match(r"\[\d+/\d+\] ", line)]
+    assert "Traceback" not in err and len(messages) == 1, err
+    return messages[0]
+
+
+def test_compare_interrupted_writes_what_finished_marked_partial(tmp_path, capsys, monkeypatch):
+    """Item 13: Ctrl-C during the second optimizer: exit code 130, one line, and SGD's run in a
+    table, a CSV and a plot that say partial; Adam's TensorBoard run is set aside."""
+    out_dir = tmp_path / "c"
+    calls = _train_then(monkeypatch, KeyboardInterrupt(), at_call=2)
+    titles = _titles(monkeypatch, "curves")
+    argv = ["compare", "--epochs", "1", "--optimizers", "SGD,Adam", "--every-n-steps", "50"]
+    code = _main([*argv, "--logdir", str(out_dir)])
+    out, err = capsys.readouterr()
+    assert code == 130 and calls == ["SGD", "Adam"]
+    assert _one_message(err) == (
+        f"keras-optlab: interrupted during Adam; wrote the 1 finished run(s) to {out_dir} (partial) "
+        f"(its TensorBoard run: {out_dir / 'Adam-interrupted'})"
+    )
+    assert "partial: 1 of 2 optimizers finished; interrupted during Adam" in out
+    assert out.index("partial: ") < out.index("optimizer  lr")
+    rows = _parse_table(out, "optimizer")
+    assert [r["optimizer"] for r in rows] == ["SGD"]
+    assert _read_csv(out_dir / "results-partial.csv") == rows
+    assert (out_dir / "curves-partial.png").stat().st_size > 10_000
+    assert titles == [
+        f"PARTIAL (1 of 2 optimizers finished; interrupted during Adam)\n{titles[0].splitlines()[1]}"
+    ]
+    assert not (out_dir / "results.csv").exists() and not (out_dir / "curves.png").exists()
+    assert {"SGD", "Adam-interrupted"} <= {p.name for p in out_dir.iterdir()} and not (
+        out_dir / "Adam"
+    ).exists()
+    assert "epoch_loss" in read_run(out_dir / "SGD" / "validation")
+
+
+def test_compare_interrupted_before_any_run_finished_writes_no_results(tmp_path, capsys, monkeypatch):
+    out_dir = tmp_path / "c"
+    _train_then(monkeypatch, KeyboardInterrupt(), at_call=1)
+    code = _main(["compare", "--epochs", "1", "--optimizers", "SGD,Adam", "--logdir", str(out_dir)])
+    out, err = capsys.readouterr()
+    assert code == 130
+    assert _one_message(err).startswith(
+        "keras-optlab: interrupted during SGD, before any run finished; no results written"
+    )
+    assert (
+        not [p.name for p in out_dir.iterdir() if p.suffix in (".csv", ".png")] and "optimizer  lr" not in out
+    )
+
+
+def test_an_os_error_mid_run_is_one_line_and_keeps_what_finished(tmp_path, capsys, monkeypatch):
+    """Item 9: a disk that fills up during the second optimizer: one line, exit code 2, SGD's run kept."""
+    out_dir = tmp_path / "c"
+    full = OSError(28, "No space left on device", str(out_dir / "Adam" / "train"))
+    _train_then(monkeypatch, full, at_call=2, real=False)
+    code = _main(["compare", "--epochs", "1", "--optimizers", "SGD,Adam", "--logdir", str(out_dir)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert _one_message(err) == (
+        f"keras-optlab: error: cannot write to --logdir {out_dir}: No space left on device "
+        f"({out_dir / 'Adam' / 'train'}); what finished is kept there"
+    )
+    assert (out_dir / "SGD").is_dir()
+
+
+def test_sweep_interrupted_writes_what_finished_marked_partial(tmp_path, capsys, monkeypatch):
+    """Item 13: 2 optimizers x 2 learning rates, Ctrl-C in the third fit: SGD's two fits are kept."""
+    out_dir = tmp_path / "w"
+    _train_then(monkeypatch, KeyboardInterrupt(), at_call=3, real=False)
+    titles = _titles(monkeypatch, "sweep")
+    argv = "sweep --points 2 --seeds 1 --epochs 1 --optimizers SGD,Adam --lr-min 1e-3 --lr-max 1e-1"
+    code = _main([*argv.split(), "--logdir", str(out_dir)])
+    out, err = capsys.readouterr()
+    assert code == 130
+    assert _one_message(err) == (
+        "keras-optlab: interrupted during Adam lr=0.001 seed=0; "
+        f"wrote the 2 finished fit(s) to {out_dir} (partial)"
+    )
+    assert "partial: 2 of 4 fits finished; interrupted during Adam lr=0.001 seed=0" in out
+    rows = _parse_table(out, "optimizer")
+    assert [(r["optimizer"], r["fits"]) for r in rows] == [("SGD", "2")]
+    assert _read_csv(out_dir / "best-partial.csv") == rows
+    assert len(_read_csv(out_dir / "runs-partial.csv")) == 2
+    assert (out_dir / "sweep-partial.png").stat().st_size > 10_000 and titles[0].startswith("PARTIAL (2 of 4")
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "best-partial.csv",
+        "runs-partial.csv",
+        "sweep-partial.png",
+    ]
+
+
+def test_sweep_interrupted_in_its_first_fit_writes_nothing(tmp_path, capsys, monkeypatch):
+    out_dir = tmp_path / "w"
+    _train_then(monkeypatch, KeyboardInterrupt(), at_call=1, real=False)
+    code = _main(["sweep", "--points", "2", "--seeds", "1", "--optimizers", "SGD", "--logdir", str(out_dir)])
+    assert code == 130 and not out_dir.exists()
+    assert "before any fit finished; nothing written" in _one_message(capsys.readouterr().err)
+
+
+def test_surfaces_interrupted_writes_what_finished_marked_partial(tmp_path, capsys, monkeypatch):
+    """Item 13: Ctrl-C in Momentum's path on local_minimum: SGD's path kept, in a partial plot."""
+    out_dir = tmp_path / "s"
+    real, calls = surfaces.trajectory, []
+
+    def trajectory(surface, optimizer, steps=None):
+        calls.append(type(optimizer).__name__)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(surface, optimizer, steps)
+
+    monkeypatch.setattr(surfaces, "trajectory", trajectory)
+    notes = _titles(monkeypatch, "surface")
+    argv = ["surfaces", "--surface", "local_minimum", "--steps", "20", "--optimizers", "SGD,Momentum"]
+    code = _main([*argv, "--logdir", str(out_dir)])
+    out, err = capsys.readouterr()
+    assert code == 130
+    assert _one_message(err) == (
+        "keras-optlab: interrupted during local_minimum: Momentum; "
+        f"wrote the 1 finished path(s) to {out_dir} (partial)"
+    )
+    rows = _parse_table(out, "surface")
+    assert [(r["surface"], r["optimizer"]) for r in rows] == [("local_minimum", "SGD")]
+    assert _read_csv(out_dir / "results-partial.csv") == rows
+    assert (out_dir / "local_minimum-partial.png").stat().st_size > 10_000
+    assert notes == ["PARTIAL: 1 of 2 paths finished; interrupted during local_minimum: Momentum"]
+    assert not (out_dir / "local_minimum.png").exists() and not (out_dir / "results.csv").exists()
 
 
 # ------------------------------------------------------- the command line

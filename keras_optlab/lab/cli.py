@@ -3,7 +3,8 @@
 The command line itself (the parser, the checks of the arguments, exit codes) is the
 top-level module `keras_optlab_cli`, which imports this module, and with it TensorFlow,
 only when a command runs (its docstring says why). Each command takes the checked
-arguments. `python -m keras_optlab.lab.cli` runs the same `main`.
+arguments; on Ctrl-C it writes what finished, marked partial, and raises `Interrupted`.
+`python -m keras_optlab.lab.cli` runs the same `main`.
 """
 
 from __future__ import annotations
@@ -16,20 +17,36 @@ import sys
 
 import keras_optlab as ko
 from keras_optlab._paths import why_unwritable
-from keras_optlab_cli import DEFAULT_LR, UsageError, main
+from keras_optlab_cli import DEFAULT_LR, Interrupted, UsageError, main
 
-__all__ = ["UsageError", "compare", "main", "surfaces", "sweep"]
+__all__ = ["Interrupted", "UsageError", "compare", "main", "surfaces", "sweep"]
 
 CLASSES = {cls.__name__: cls for cls in ko.ALL}
 
 
-def _progress(done: int, total: int, label: str) -> None:
-    width = 24
-    filled = int(width * done / total)
-    sys.stderr.write(f"\r[{done}/{total}] {'#' * filled}{'.' * (width - filled)} {label:<40}")
-    if done == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
+class _Progress:
+    """`[done/total] ####.... label` on one stderr line, redrawn in place."""
+
+    def __init__(self, total: int):
+        self.total, self.open = total, False
+
+    def show(self, done: int, label: str) -> None:
+        width = 24
+        filled = int(width * done / self.total)
+        sys.stderr.write(f"\r[{done}/{self.total}] {'#' * filled}{'.' * (width - filled)} {label:<40}")
+        sys.stderr.flush()
+        self.open = True
+
+    def end(self) -> None:
+        """Ends the line, so that what follows starts on a line of its own."""
+        if self.open:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self.open = False
+
+    def done(self) -> None:
+        self.show(self.total, "done")
+        self.end()
 
 
 def _make(cls, convention: str, lr: float):
@@ -45,6 +62,19 @@ def _out_dir(args, command: str) -> str:
         raise UsageError(f"cannot write to --logdir {out}: {reason}")
     args.out = out
     return out
+
+
+def _set_aside(run_dir: str) -> str | None:
+    """Renames the TensorBoard run of an interrupted training to `<run>-interrupted` (the next
+    free name), so that TensorBoard does not show it as a finished run. Returns the new path."""
+    if not os.path.isdir(run_dir):
+        return None
+    target, n = f"{run_dir}-interrupted", 1
+    while os.path.exists(target):
+        n += 1
+        target = f"{run_dir}-interrupted-{n}"
+    os.rename(run_dir, target)
+    return target
 
 
 def _table(rows: list[dict], columns: list[str]) -> str:
@@ -63,7 +93,7 @@ def _write_csv(path, rows, columns):
 
 # ----------------------------------------------------------------- compare
 def compare(args) -> None:
-    from keras_optlab.lab import data, plots, training
+    from keras_optlab.lab import data, training
 
     classes = [CLASSES[name] for name in args.optimizer_names]
     rates = {name: args.lr_values.get(name, DEFAULT_LR[name]) for name in args.optimizer_names}
@@ -90,27 +120,50 @@ def compare(args) -> None:
                 hp.Metric("epoch_loss", group="train", display_name="training loss"),
             ],
         )
-    runs = []
-    for i, cls in enumerate(classes):
-        name = cls.__name__
-        _progress(i, len(classes), f"training with {name}")
-        run_dir = os.path.join(out, name)
-        with tf.summary.create_file_writer(run_dir).as_default():
-            hp.hparams(
-                {"optimizer": name, "learning_rate": rates[name], "convention": args.convention},
-                trial_id=name,
-            )
-        callbacks = [
-            keras.callbacks.TensorBoard(run_dir),
-            OptimizerDiagnostics(run_dir, every_n_steps=args.every_n_steps, hparams=False),
-        ]
-        optimizer = _make(cls, args.convention, rates[name])
-        runs.append(
-            training.train(
+    runs, current = [], None
+    progress = _Progress(len(classes))
+    try:
+        for i, cls in enumerate(classes):
+            current = cls.__name__
+            progress.show(i, f"training with {current}")
+            run_dir = os.path.join(out, current)
+            with tf.summary.create_file_writer(run_dir).as_default():
+                hp.hparams(
+                    {"optimizer": current, "learning_rate": rates[current], "convention": args.convention},
+                    trial_id=current,
+                )
+            callbacks = [
+                keras.callbacks.TensorBoard(run_dir),
+                OptimizerDiagnostics(run_dir, every_n_steps=args.every_n_steps, hparams=False),
+            ]
+            optimizer = _make(cls, args.convention, rates[current])
+            run = training.train(
                 dataset, args.model, optimizer, initial, args.epochs, args.batch_size, args.seed, callbacks
             )
-        )
-    _progress(len(classes), len(classes), "done")
+            runs.append(run)
+            current = None
+        progress.done()
+    except KeyboardInterrupt:
+        progress.end()
+        where = f"during {current}" if current else "between two runs"
+        aside = _set_aside(os.path.join(out, current)) if current else None
+        kept = f" (its TensorBoard run: {aside})" if aside else ""
+        if not runs:
+            raise Interrupted(
+                f"interrupted {where}, before any run finished; no results written{kept}"
+            ) from None
+        note = f"{len(runs)} of {len(classes)} optimizers finished; interrupted {where}"
+        _compare_report(runs, dataset, args, out, metric, metric_label, partial=note)
+        raise Interrupted(
+            f"interrupted {where}; wrote the {len(runs)} finished run(s) to {out} (partial){kept}"
+        ) from None
+    finally:
+        progress.end()  # whatever stopped the loop, the message that follows starts a line
+    _compare_report(runs, dataset, args, out, metric, metric_label)
+
+
+def _compare_report(runs, dataset, args, out, metric, metric_label, partial: str | None = None) -> None:
+    from keras_optlab.lab import plots
 
     rows = [
         {
@@ -126,21 +179,20 @@ def compare(args) -> None:
         for run in runs
     ]
     columns = list(rows[0])
+    suffix = "-partial" if partial else ""
+    if partial:
+        print(f"\npartial: {partial}")
     print(
         f"\n{dataset.name}, {args.model}, {args.epochs} epochs, batch {args.batch_size}, seed {args.seed}; "
         f"steps_to_target: optimizer steps until the training loss fell below {dataset.target_loss:g}\n"
     )
     print(_table(rows, columns))
-    _write_csv(os.path.join(out, "results.csv"), rows, columns)
-    figure = os.path.join(out, "curves.png")
-    plots.curves(
-        runs,
-        figure,
-        f"{dataset.name}, {args.model}: the same initial weights and batches",
-        metric,
-        metric_label,
-    )
-    print(f"\nwrote {figure} and {os.path.join(out, 'results.csv')}")
+    table = os.path.join(out, f"results{suffix}.csv")
+    _write_csv(table, rows, columns)
+    figure = os.path.join(out, f"curves{suffix}.png")
+    title = f"{dataset.name}, {args.model}: the same initial weights and batches"
+    plots.curves(runs, figure, f"PARTIAL ({partial})\n{title}" if partial else title, metric, metric_label)
+    print(f"\nwrote {figure} and {table}")
     print(f"TensorBoard: tensorboard --logdir {out}   (then open http://localhost:6006)")
 
 
@@ -149,58 +201,88 @@ def surfaces(args) -> None:
     from keras_optlab.lab import plots
     from keras_optlab.lab.surfaces import SURFACES, default_learning_rate, trajectory
 
-    names = args.surface_names
     classes = [CLASSES[name] for name in args.optimizer_names]
     out = _out_dir(args, "surfaces")
 
     import tensorflow as tf
 
     os.makedirs(out, exist_ok=True)
-    total, done = len(names) * len(classes), 0
-    rows = []
-    for name in names:
-        surface = SURFACES[name]
-        rates = {
-            c.__name__: args.lr_values.get(c.__name__, default_learning_rate(surface, c)) for c in classes
-        }
-        paths = {}
-        for cls in classes:
-            _progress(done, total, f"{name}: {cls.__name__}")
-            points = trajectory(surface, _make(cls, args.convention, rates[cls.__name__]), steps=args.steps)
-            label = f"{cls.__name__} (lr={rates[cls.__name__]:g})"
-            paths[label] = points
-            values = surface.fn(points[:, 0], points[:, 1])
-            with tf.summary.create_file_writer(os.path.join(out, name, cls.__name__)).as_default():
-                for step, (value, (x, y)) in enumerate(zip(values, points, strict=True)):
-                    tf.summary.scalar(f"{name}/loss", value, step=step)
-                    tf.summary.scalar(f"{name}/x", x, step=step)
-                    tf.summary.scalar(f"{name}/y", y, step=step)
-            rows.append(
-                {
-                    "surface": name,
-                    "optimizer": cls.__name__,
-                    "lr": f"{rates[cls.__name__]:g}",
-                    "final_x": f"{points[-1, 0]:.4f}",
-                    "final_y": f"{points[-1, 1]:.4f}",
-                    "final_loss": f"{values[-1]:.4g}",
-                }
-            )
-            done += 1
-        plots.surface(surface, paths, os.path.join(out, f"{name}.png"))
-        if args.gif:
-            plots.surface_animation(surface, paths, os.path.join(out, f"{name}.gif"))
-    _progress(total, total, "done")
+    total = len(args.surface_names) * len(classes)
+    progress = _Progress(total)
+    rows, current, logging_to = [], None, None
+    name, paths, plotted = None, {}, False
+    try:
+        for name in args.surface_names:
+            surface, paths, plotted = SURFACES[name], {}, False
+            for cls in classes:
+                current = f"{name}: {cls.__name__}"
+                progress.show(len(rows), current)
+                lr = args.lr_values.get(cls.__name__, default_learning_rate(surface, cls))
+                points = trajectory(surface, _make(cls, args.convention, lr), steps=args.steps)
+                values = surface.fn(points[:, 0], points[:, 1])
+                logging_to = os.path.join(out, name, cls.__name__)
+                with tf.summary.create_file_writer(logging_to).as_default():
+                    for step, (value, (x, y)) in enumerate(zip(values, points, strict=True)):
+                        tf.summary.scalar(f"{name}/loss", value, step=step)
+                        tf.summary.scalar(f"{name}/x", x, step=step)
+                        tf.summary.scalar(f"{name}/y", y, step=step)
+                logging_to = None
+                paths[f"{cls.__name__} (lr={lr:g})"] = points
+                rows.append(
+                    {
+                        "surface": name,
+                        "optimizer": cls.__name__,
+                        "lr": f"{lr:g}",
+                        "final_x": f"{points[-1, 0]:.4f}",
+                        "final_y": f"{points[-1, 1]:.4f}",
+                        "final_loss": f"{values[-1]:.4g}",
+                    }
+                )
+            current = f"{name}: the plot"
+            plots.surface(surface, paths, os.path.join(out, f"{name}.png"))
+            if args.gif:
+                plots.surface_animation(surface, paths, os.path.join(out, f"{name}.gif"))
+            plotted, current = True, None
+        progress.done()
+    except KeyboardInterrupt:
+        progress.end()
+        where = f"during {current}" if current else "between two surfaces"
+        aside = _set_aside(logging_to) if logging_to else None
+        kept = f" (its TensorBoard run: {aside})" if aside else ""
+        if not rows:
+            raise Interrupted(
+                f"interrupted {where}, before any path finished; no results written{kept}"
+            ) from None
+        note = f"{len(rows)} of {total} paths finished; interrupted {where}"
+        if paths and not plotted:
+            figure = os.path.join(out, f"{name}-partial.png")
+            plots.surface(SURFACES[name], paths, figure, note=f"PARTIAL: {note}")
+        _surfaces_report(rows, out, partial=note)
+        raise Interrupted(
+            f"interrupted {where}; wrote the {len(rows)} finished path(s) to {out} (partial){kept}"
+        ) from None
+    finally:
+        progress.end()
+    _surfaces_report(rows, out)
+
+
+def _surfaces_report(rows, out, partial: str | None = None) -> None:
+    if partial:
+        print(f"\npartial: {partial}")
     print()
     print(_table(rows, list(rows[0])))
-    _write_csv(os.path.join(out, "results.csv"), rows, list(rows[0]))
-    print(f"\nwrote {len(names)} plot(s) to {out}; TensorBoard: tensorboard --logdir {out}")
+    table = os.path.join(out, "results-partial.csv" if partial else "results.csv")
+    _write_csv(table, rows, list(rows[0]))
+    plotted = len({r["surface"] for r in rows})
+    print(f"\nwrote {table} and the plot(s) of {plotted} surface(s) to {out}")
+    print(f"TensorBoard: tensorboard --logdir {out}   (then open http://localhost:6006)")
 
 
 # ------------------------------------------------------------------- sweep
 def sweep(args) -> None:
     import numpy as np
 
-    from keras_optlab.lab import data, plots, training
+    from keras_optlab.lab import data, training
 
     classes = [CLASSES[name] for name in args.optimizer_names]
     grid = [
@@ -213,30 +295,56 @@ def sweep(args) -> None:
         )
     out = _out_dir(args, "sweep")
     dataset = data.load(args.dataset, seed=0)
-    results = {cls.__name__: {lr: [] for lr in grid} for cls in classes}
-    total, done = len(classes) * len(grid) * args.seeds, 0
-    for seed in range(args.seeds):
-        initial = training.build_model(dataset, args.model, seed).get_weights()
-        for cls in classes:
-            for lr in grid:
-                _progress(done, total, f"{cls.__name__} lr={lr:g} seed={seed}")
-                run = training.train(
-                    dataset,
-                    args.model,
-                    _make(cls, args.convention, lr),
-                    initial,
-                    args.epochs,
-                    args.batch_size,
-                    seed,
-                )
-                loss = run.final("val_loss")
-                results[cls.__name__][lr].append(loss if math.isfinite(loss) else float("nan"))
-                done += 1
-    _progress(total, total, "done")
+    fits = []  # (optimizer, lr, seed, final validation loss)
+    total, current = len(classes) * len(grid) * args.seeds, None
+    progress = _Progress(total)
+    try:
+        for seed in range(args.seeds):
+            initial = training.build_model(dataset, args.model, seed).get_weights()
+            for cls in classes:
+                for lr in grid:
+                    current = f"{cls.__name__} lr={lr:g} seed={seed}"
+                    progress.show(len(fits), current)
+                    run = training.train(
+                        dataset,
+                        args.model,
+                        _make(cls, args.convention, lr),
+                        initial,
+                        args.epochs,
+                        args.batch_size,
+                        seed,
+                    )
+                    fits.append((cls.__name__, lr, seed, run.final("val_loss")))
+                    current = None
+        progress.done()
+    except KeyboardInterrupt:
+        progress.end()
+        where = f"during {current}" if current else "between two fits"
+        if not fits:
+            raise Interrupted(f"interrupted {where}, before any fit finished; nothing written") from None
+        note = f"{len(fits)} of {total} fits finished; interrupted {where}"
+        os.makedirs(out, exist_ok=True)
+        _sweep_report(fits, args, dataset, out, partial=note)
+        raise Interrupted(
+            f"interrupted {where}; wrote the {len(fits)} finished fit(s) to {out} (partial)"
+        ) from None
+    finally:
+        progress.end()
     os.makedirs(out, exist_ok=True)
+    _sweep_report(fits, args, dataset, out)
+
+
+def _sweep_report(fits, args, dataset, out, partial: str | None = None) -> None:
+    from keras_optlab.lab import plots
+
+    losses = {name: {} for name in args.optimizer_names}
+    for name, lr, _, loss in fits:
+        losses[name].setdefault(lr, []).append(loss if math.isfinite(loss) else float("nan"))
     rows = []
-    for name, by_lr in results.items():
-        means = {lr: float(np.mean(v)) for lr, v in by_lr.items()}
+    for name, by_lr in losses.items():
+        if not by_lr:
+            continue
+        means = {lr: float(sum(v) / len(v)) for lr, v in by_lr.items()}
         finite = {lr: m for lr, m in means.items() if math.isfinite(m)}
         best = min(finite, key=finite.get) if finite else None
         rows.append(
@@ -244,24 +352,27 @@ def sweep(args) -> None:
                 "optimizer": name,
                 "best_lr": f"{best:g}" if best else "-",
                 "val_loss": f"{finite[best]:.4f}" if best else "diverged",
-                "diverged_lrs": ",".join(f"{lr:g}" for lr in grid if not math.isfinite(means[lr])) or "-",
+                "diverged_lrs": ",".join(f"{lr:g}" for lr in by_lr if not math.isfinite(means[lr])) or "-",
+                "fits": sum(len(v) for v in by_lr.values()),
             }
         )
-    figure = os.path.join(out, "sweep.png")
-    plots.sweep(results, figure, f"{dataset.name}, {args.model}, {args.epochs} epochs, {args.seeds} seed(s)")
+    suffix = "-partial" if partial else ""
+    figure = os.path.join(out, f"sweep{suffix}.png")
+    title = f"{dataset.name}, {args.model}, {args.epochs} epochs, {args.seeds} seed(s)"
+    plots.sweep(
+        {n: v for n, v in losses.items() if v}, figure, f"PARTIAL ({partial})\n{title}" if partial else title
+    )
+    if partial:
+        print(f"\npartial: {partial}")
     print(f"\nbest learning rate by mean final validation loss over {args.seeds} seed(s):\n")
     print(_table(rows, list(rows[0])))
-    _write_csv(os.path.join(out, "best.csv"), rows, list(rows[0]))
-    detail = [
-        {"optimizer": n, "lr": f"{lr:g}", "seed": s, "val_loss": f"{v:.6g}"}
-        for n, by_lr in results.items()
-        for lr, values in by_lr.items()
-        for s, v in enumerate(values)
-    ]
-    _write_csv(os.path.join(out, "runs.csv"), detail, list(detail[0]))
-    print(f"\nwrote {figure}, {os.path.join(out, 'best.csv')} and {os.path.join(out, 'runs.csv')}")
+    best_csv = os.path.join(out, f"best{suffix}.csv")
+    _write_csv(best_csv, rows, list(rows[0]))
+    detail = [{"optimizer": n, "lr": f"{lr:g}", "seed": s, "val_loss": f"{v:.6g}"} for n, lr, s, v in fits]
+    runs_csv = os.path.join(out, f"runs{suffix}.csv")
+    _write_csv(runs_csv, detail, list(detail[0]))
+    print(f"\nwrote {figure}, {best_csv} and {runs_csv}")
 
 
-# -------------------------------------------------------------------- main
 if __name__ == "__main__":
     sys.exit(main())

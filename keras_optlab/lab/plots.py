@@ -85,10 +85,13 @@ def _contours(ax, surface):
     ax.set_title(f"{surface.name}: f = {surface.formula}", fontsize=10)
 
 
-def surface(surface, trajectories: dict, path) -> None:
-    """Contours of `surface` with each optimizer's path (dot: start, square: end)."""
+def surface(surface, trajectories: dict, path, note: str | None = None) -> None:
+    """Contours of `surface` with each optimizer's path (dot: start, square: end); `note`
+    (e.g. that the figure is partial) goes above the title."""
     fig, ax = plt.subplots(figsize=(7.5, 6))
     _contours(ax, surface)
+    if note:
+        ax.set_title(f"{note}\n{ax.get_title()}", fontsize=10)
     for label, points in trajectories.items():
         c = _colour(label.split(" ")[0])
         ax.plot(points[:, 0], points[:, 1], color=c, linewidth=1.4, label=label, alpha=0.9)
@@ -124,10 +127,11 @@ def surface_animation(surface, trajectories: dict, path, frames: int = 60) -> No
 
 
 def sweep(results: dict, path, title: str) -> None:
-    """Final validation loss against the learning rate: mean over seeds, band: min to max."""
+    """Final validation loss against the learning rate: mean over seeds, band: min to max.
+    Learning rates without a finished fit are left out."""
     fig, ax = plt.subplots(figsize=(8, 5))
     for name, by_lr in results.items():
-        lrs = np.array(sorted(by_lr))
+        lrs = np.array(sorted(lr for lr, v in by_lr.items() if len(v)))
         losses = [np.array(by_lr[lr], dtype=float) for lr in lrs]
         mean = np.array([np.mean(v) for v in losses])
         c = _colour(name)
