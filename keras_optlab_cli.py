@@ -53,6 +53,12 @@ DEFAULT_LR = {"SGD": 0.05, "Momentum": 0.01, "NAG": 0.01, "Adagrad": 0.05, "RMSP
 SWEEP_POINTS, SWEEP_SEEDS, SWEEP_EPOCHS = 9, 2, 10
 SWEEP_SECONDS_PER_FIT = 6.7
 
+DIVERGENCE = (
+    "A fit fails when its final validation loss is not finite or not below the loss of predicting "
+    "the class prior of the training split (for regression: its mean), ln(10) = 2.30 for the ten "
+    "balanced digits; a learning rate fails when a fit at any seed fails. Failing learning rates "
+    "above the best one (the lowest mean loss) diverged; those below it were too slow."
+)
 _SWEEP_SIZE = (
     f"A default sweep is {len(OPTIMIZERS)} optimizers x {SWEEP_POINTS} points x {SWEEP_SEEDS} seeds = "
     f"{len(OPTIMIZERS) * SWEEP_POINTS * SWEEP_SEEDS} fits of {SWEEP_EPOCHS} epochs: about "
@@ -314,6 +320,7 @@ def parser() -> argparse.ArgumentParser:
         "Train each optimizer over a log grid of learning rates with several seeds; print the best "
         "learning rate of each, write best.csv, runs.csv and sweep.png.",
         _SWEEP_SIZE,
+        DIVERGENCE,
         _INTERRUPT,
     )
     common(w)

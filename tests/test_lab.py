@@ -2,10 +2,12 @@
 
 import configparser
 import csv
+import math
 import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -400,6 +402,79 @@ def test_surfaces_interrupted_writes_what_finished_marked_partial(tmp_path, caps
     assert not (out_dir / "local_minimum.png").exists() and not (out_dir / "results.csv").exists()
 
 
+# ------------------------------------------------- what the tables report
+@pytest.mark.filterwarnings("always::RuntimeWarning")
+def test_huge_numbers_have_four_significant_digits_and_warnings_their_own_line(tmp_path, capsys):
+    """Item 16: `surfaces --lr 1e30` printed 150-digit coordinates, and NumPy's overflow warning
+    was glued to the progress line."""
+    out_dir = tmp_path / "s"
+    code, out, err = _run(capsys, "surfaces --surface ravine --optimizers SGD --lr 1e30 --steps 5", out_dir)
+    assert code == 0
+    rows = _parse_table(out, "surface")
+    assert rows == _read_csv(out_dir / "results.csv")
+    for cell in (rows[0][k] for k in ("lr", "final_x", "final_y", "final_loss")):
+        assert float(cell) == float(f"{float(cell):.4g}") and len(cell) <= 11, cell
+    lines = err.replace("\r", "\n").splitlines()
+    assert "warning (ravine: SGD): RuntimeWarning: overflow encountered" in "\n".join(lines)
+    assert not [line for line in lines if "Warning" in line and re.match(r"\[\d+/\d+\]", line)]
+
+
+@pytest.mark.filterwarnings("always::UserWarning")
+def test_a_runs_warnings_come_on_lines_of_their_own(tmp_path, capsys, monkeypatch):
+    """Item 16: the diagnostics' warning of a NaN run came glued to the progress line."""
+
+    def train(dataset, model_kind, optimizer, *args, **kwargs):
+        warnings.warn("Non-finite values in the weights at step 10", UserWarning, stacklevel=1)
+        return _fake_run(optimizer, val_loss=float("nan"))
+
+    monkeypatch.setattr(training, "train", train)
+    code, _, err = _run(capsys, "compare --epochs 1 --optimizers SGD", tmp_path / "c")
+    assert code == 0
+    lines = err.replace("\r", "\n").splitlines()
+    assert "warning (SGD): UserWarning: Non-finite values in the weights at step 10" in lines
+
+
+def test_the_class_prior_loss_of_digits_is_ln_10():
+    """The baseline of the divergence rule: digits has 10 classes of 174 to 183 images, split
+    stratified, so the prior is within 3% of uniform and its cross-entropy within 1e-3 of ln 10."""
+    assert abs(data.prior_loss(data.load("digits")) - math.log(10)) < 1e-3
+    diabetes = data.load("diabetes")  # standardised on the training split: the mean predicts 0
+    assert data.prior_loss(diabetes) == pytest.approx(np.mean(diabetes.y_val**2), rel=1e-6)
+
+
+def test_sweep_counts_a_fit_at_chance_level_as_diverged(tmp_path, capsys, monkeypatch):
+    """Item 16: lr=1 ending at 2.38 (the chance-level loss reported, above ln 10 = 2.30) diverged;
+    a NaN diverged; 1e-4 ending at 2.36 (too little training, below the best) was too slow."""
+    finals = {("SGD", 1e-4): 2.36, ("SGD", 0.01): 0.3, ("SGD", 1.0): 2.38}
+    finals |= {("Adam", 1e-4): 1.9, ("Adam", 0.01): 0.2, ("Adam", 1.0): float("nan")}
+
+    def train(dataset, model_kind, optimizer, *args, **kwargs):
+        key = (type(optimizer).__name__, float(f"{float(optimizer.learning_rate.numpy()):.3g}"))
+        return _fake_run(optimizer, val_loss=finals[key])
+
+    monkeypatch.setattr(training, "train", train)
+    out_dir = tmp_path / "w"
+    argv = "sweep --points 3 --seeds 1 --epochs 1 --optimizers SGD,Adam --lr-min 1e-4 --lr-max 1"
+    code, out, _ = _run(capsys, argv, out_dir)
+    assert code == 0
+    assert "not below 2.302 (predicting the class prior)" in out
+    rows = _parse_table(out, "optimizer")
+    assert [(r["optimizer"], r["best_lr"], r["diverged_lrs"], r["too_slow_lrs"]) for r in rows] == [
+        ("SGD", "0.01", "1", "0.0001"),
+        ("Adam", "0.01", "1", "-"),
+    ]
+    assert _read_csv(out_dir / "best.csv") == rows
+    failed = {(r["optimizer"], r["lr"]): r["failed"] for r in _read_csv(out_dir / "runs.csv")}
+    assert failed[("SGD", "1")] == failed[("SGD", "0.0001")] == failed[("Adam", "1")] == "True"
+    assert failed[("Adam", "0.0001")] == "False"
+
+
+def test_sweep_verdicts_without_a_learning_rate_that_learned():
+    """No best: the lowest finite mean divides too slow (at or below it) from diverged (above)."""
+    best, diverged, too_slow = cli.sweep_verdicts({1e-3: [2.4], 1e-2: [2.35], 1.0: [2.5, float("nan")]}, 2.30)
+    assert (best, diverged, too_slow) == (None, [1.0], [1e-3, 1e-2])
+
+
 # ------------------------------------------------------- the command line
 def _console_script():
     """The `keras-optlab` console script's target in setup.cfg, and the modules it ships."""
@@ -442,6 +517,7 @@ print("MODULES", sorted(m for m in ("tensorflow", "keras", "keras_optlab") if m 
     assert "comma-separated, each at most once (default: SGD,Momentum,NAG,Adagrad,RMSProp,Adam)" in helps
     assert "6 optimizers x 9 points x 2 seeds = 108 fits" in helps
     assert f"--surface SURFACE comma-separated, from {', '.join(SURFACES)}; or 'all' (default: all)" in helps
+    assert "not below the loss of predicting the class prior" in helps
 
 
 def test_the_parsers_static_lists_are_the_packages():

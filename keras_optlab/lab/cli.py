@@ -9,11 +9,13 @@ arguments; on Ctrl-C it writes what finished, marked partial, and raises `Interr
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import math
 import os
 import sys
+import warnings
 
 import keras_optlab as ko
 from keras_optlab._paths import why_unwritable
@@ -47,6 +49,20 @@ class _Progress:
     def done(self) -> None:
         self.show(self.total, "done")
         self.end()
+
+
+@contextlib.contextmanager
+def _warnings_on_their_own_lines(progress: _Progress, label: str):
+    """Holds back the warnings of the block (a run), then ends the progress line and prints
+    each on a line of its own, naming the run; the filters in force still apply."""
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            yield
+        finally:
+            if caught:
+                progress.end()
+                for w in caught:
+                    sys.stderr.write(f"warning ({label}): {w.category.__name__}: {w.message}\n")
 
 
 def _make(cls, convention: str, lr: float):
@@ -89,6 +105,11 @@ def _write_csv(path, rows, columns):
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def _number(value: float) -> str:
+    """Every number printed or written: four significant digits (1e+30, not 31 digits)."""
+    return f"{value:.4g}"
 
 
 # ----------------------------------------------------------------- compare
@@ -137,9 +158,17 @@ def compare(args) -> None:
                 OptimizerDiagnostics(run_dir, every_n_steps=args.every_n_steps, hparams=False),
             ]
             optimizer = _make(cls, args.convention, rates[current])
-            run = training.train(
-                dataset, args.model, optimizer, initial, args.epochs, args.batch_size, args.seed, callbacks
-            )
+            with _warnings_on_their_own_lines(progress, current):
+                run = training.train(
+                    dataset,
+                    args.model,
+                    optimizer,
+                    initial,
+                    args.epochs,
+                    args.batch_size,
+                    args.seed,
+                    callbacks,
+                )
             runs.append(run)
             current = None
         progress.done()
@@ -169,11 +198,11 @@ def _compare_report(runs, dataset, args, out, metric, metric_label, partial: str
         {
             "optimizer": run.optimizer,
             "lr": f"{run.learning_rate:g}",
-            "train_loss": f"{run.final('loss'):.4f}",
-            "val_loss": f"{run.final('val_loss'):.4f}",
-            f"train_{metric}": f"{run.final(metric):.4f}",
-            f"val_{metric}": f"{run.final('val_' + metric):.4f}",
-            "seconds": f"{run.seconds:.1f}",
+            "train_loss": _number(run.final("loss")),
+            "val_loss": _number(run.final("val_loss")),
+            f"train_{metric}": _number(run.final(metric)),
+            f"val_{metric}": _number(run.final("val_" + metric)),
+            "seconds": f"{run.seconds:.3g}",
             "steps_to_target": run.steps_to_target if run.steps_to_target is not None else "-",
         }
         for run in runs
@@ -218,8 +247,9 @@ def surfaces(args) -> None:
                 current = f"{name}: {cls.__name__}"
                 progress.show(len(rows), current)
                 lr = args.lr_values.get(cls.__name__, default_learning_rate(surface, cls))
-                points = trajectory(surface, _make(cls, args.convention, lr), steps=args.steps)
-                values = surface.fn(points[:, 0], points[:, 1])
+                with _warnings_on_their_own_lines(progress, current):
+                    points = trajectory(surface, _make(cls, args.convention, lr), steps=args.steps)
+                    values = surface.fn(points[:, 0], points[:, 1])
                 logging_to = os.path.join(out, name, cls.__name__)
                 with tf.summary.create_file_writer(logging_to).as_default():
                     for step, (value, (x, y)) in enumerate(zip(values, points, strict=True)):
@@ -233,9 +263,9 @@ def surfaces(args) -> None:
                         "surface": name,
                         "optimizer": cls.__name__,
                         "lr": f"{lr:g}",
-                        "final_x": f"{points[-1, 0]:.4f}",
-                        "final_y": f"{points[-1, 1]:.4f}",
-                        "final_loss": f"{values[-1]:.4g}",
+                        "final_x": _number(points[-1, 0]),
+                        "final_y": _number(points[-1, 1]),
+                        "final_loss": _number(values[-1]),
                     }
                 )
             current = f"{name}: the plot"
@@ -295,6 +325,7 @@ def sweep(args) -> None:
         )
     out = _out_dir(args, "sweep")
     dataset = data.load(args.dataset, seed=0)
+    prior = data.prior_loss(dataset)
     fits = []  # (optimizer, lr, seed, final validation loss)
     total, current = len(classes) * len(grid) * args.seeds, None
     progress = _Progress(total)
@@ -305,15 +336,16 @@ def sweep(args) -> None:
                 for lr in grid:
                     current = f"{cls.__name__} lr={lr:g} seed={seed}"
                     progress.show(len(fits), current)
-                    run = training.train(
-                        dataset,
-                        args.model,
-                        _make(cls, args.convention, lr),
-                        initial,
-                        args.epochs,
-                        args.batch_size,
-                        seed,
-                    )
+                    with _warnings_on_their_own_lines(progress, current):
+                        run = training.train(
+                            dataset,
+                            args.model,
+                            _make(cls, args.convention, lr),
+                            initial,
+                            args.epochs,
+                            args.batch_size,
+                            seed,
+                        )
                     fits.append((cls.__name__, lr, seed, run.final("val_loss")))
                     current = None
         progress.done()
@@ -324,17 +356,44 @@ def sweep(args) -> None:
             raise Interrupted(f"interrupted {where}, before any fit finished; nothing written") from None
         note = f"{len(fits)} of {total} fits finished; interrupted {where}"
         os.makedirs(out, exist_ok=True)
-        _sweep_report(fits, args, dataset, out, partial=note)
+        _sweep_report(fits, args, dataset, prior, out, partial=note)
         raise Interrupted(
             f"interrupted {where}; wrote the {len(fits)} finished fit(s) to {out} (partial)"
         ) from None
     finally:
         progress.end()
     os.makedirs(out, exist_ok=True)
-    _sweep_report(fits, args, dataset, out)
+    _sweep_report(fits, args, dataset, prior, out)
 
 
-def _sweep_report(fits, args, dataset, out, partial: str | None = None) -> None:
+def fails(loss: float, prior: float) -> bool:
+    """A fit fails when its final validation loss is not finite or not below `prior`, the loss
+    of predicting the class prior (regression: the training mean): it learned nothing."""
+    return not (math.isfinite(loss) and loss < prior)
+
+
+def sweep_verdicts(losses: dict, prior: float) -> tuple:
+    """(best, diverged, too_slow) for one optimizer, from {lr: [final validation loss per seed]}.
+
+    A learning rate fails when a fit at any seed fails (`fails`). The best is the lowest mean
+    loss among those that do not fail (None if all fail). Failing learning rates above the
+    best one diverged; those below it were too slow to learn. With no best, the learning
+    rate with the lowest finite mean divides the two; a non-finite loss always diverged.
+    """
+    means = {lr: float(sum(v) / len(v)) for lr, v in losses.items() if v}
+    failing = {lr for lr, v in losses.items() if v and any(fails(x, prior) for x in v)}
+    fine = {lr: m for lr, m in means.items() if lr not in failing}
+    best = min(fine, key=fine.get) if fine else None
+    finite = {lr: m for lr, m in means.items() if math.isfinite(m)}
+    pivot = best if best is not None else (min(finite, key=finite.get) if finite else None)
+    diverged = sorted(
+        lr for lr in failing if not math.isfinite(means[lr]) or (pivot is not None and lr > pivot)
+    )
+    too_slow = sorted(lr for lr in failing if lr not in diverged)
+    return best, diverged, too_slow
+
+
+def _sweep_report(fits, args, dataset, prior, out, partial: str | None = None) -> None:
     from keras_optlab.lab import plots
 
     losses = {name: {} for name in args.optimizer_names}
@@ -344,31 +403,42 @@ def _sweep_report(fits, args, dataset, out, partial: str | None = None) -> None:
     for name, by_lr in losses.items():
         if not by_lr:
             continue
-        means = {lr: float(sum(v) / len(v)) for lr, v in by_lr.items()}
-        finite = {lr: m for lr, m in means.items() if math.isfinite(m)}
-        best = min(finite, key=finite.get) if finite else None
+        best, diverged, too_slow = sweep_verdicts(by_lr, prior)
         rows.append(
             {
                 "optimizer": name,
-                "best_lr": f"{best:g}" if best else "-",
-                "val_loss": f"{finite[best]:.4f}" if best else "diverged",
-                "diverged_lrs": ",".join(f"{lr:g}" for lr in by_lr if not math.isfinite(means[lr])) or "-",
+                "best_lr": f"{best:g}" if best is not None else "-",
+                "val_loss": _number(sum(by_lr[best]) / len(by_lr[best])) if best is not None else "-",
+                "diverged_lrs": ",".join(f"{lr:g}" for lr in diverged) or "-",
+                "too_slow_lrs": ",".join(f"{lr:g}" for lr in too_slow) or "-",
                 "fits": sum(len(v) for v in by_lr.values()),
             }
         )
     suffix = "-partial" if partial else ""
+    baseline = "the class prior" if dataset.task == "classification" else "the training mean"
     figure = os.path.join(out, f"sweep{suffix}.png")
     title = f"{dataset.name}, {args.model}, {args.epochs} epochs, {args.seeds} seed(s)"
     plots.sweep(
-        {n: v for n, v in losses.items() if v}, figure, f"PARTIAL ({partial})\n{title}" if partial else title
+        {n: v for n, v in losses.items() if v},
+        figure,
+        f"PARTIAL ({partial})\n{title}" if partial else title,
+        prior=prior,
+        prior_label=f"predicting {baseline}: {_number(prior)}",
     )
     if partial:
         print(f"\npartial: {partial}")
-    print(f"\nbest learning rate by mean final validation loss over {args.seeds} seed(s):\n")
+    print(
+        f"\nbest learning rate by mean final validation loss over {args.seeds} seed(s); a fit fails when "
+        f"that loss is not finite or not below {_number(prior)} (predicting {baseline}); failing learning "
+        "rates above the best diverged, below it were too slow:\n"
+    )
     print(_table(rows, list(rows[0])))
     best_csv = os.path.join(out, f"best{suffix}.csv")
     _write_csv(best_csv, rows, list(rows[0]))
-    detail = [{"optimizer": n, "lr": f"{lr:g}", "seed": s, "val_loss": f"{v:.6g}"} for n, lr, s, v in fits]
+    detail = [
+        {"optimizer": n, "lr": f"{lr:g}", "seed": s, "val_loss": _number(v), "failed": fails(v, prior)}
+        for n, lr, s, v in fits
+    ]
     runs_csv = os.path.join(out, f"runs{suffix}.csv")
     _write_csv(runs_csv, detail, list(detail[0]))
     print(f"\nwrote {figure}, {best_csv} and {runs_csv}")

@@ -126,9 +126,10 @@ def surface_animation(surface, trajectories: dict, path, frames: int = 60) -> No
     plt.close(fig)
 
 
-def sweep(results: dict, path, title: str) -> None:
+def sweep(results: dict, path, title: str, prior: float | None = None, prior_label: str = "") -> None:
     """Final validation loss against the learning rate: mean over seeds, band: min to max.
-    Learning rates without a finished fit are left out."""
+    Learning rates without a finished fit are left out; `prior` draws the loss of predicting
+    the class prior (a fit not below it failed)."""
     fig, ax = plt.subplots(figsize=(8, 5))
     for name, by_lr in results.items():
         lrs = np.array(sorted(lr for lr, v in by_lr.items() if len(v)))
@@ -137,6 +138,8 @@ def sweep(results: dict, path, title: str) -> None:
         c = _colour(name)
         ax.plot(lrs, mean, marker="o", color=c, label=name)
         ax.fill_between(lrs, [np.min(v) for v in losses], [np.max(v) for v in losses], color=c, alpha=0.15)
+    if prior is not None:
+        ax.axhline(prior, color="black", linestyle=":", linewidth=1, label=prior_label or "prior")
     ax.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="final validation loss", title=title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=9)
