@@ -2,9 +2,11 @@
 
 import configparser
 import csv
+import importlib.util
 import math
 import os
 import re
+import shlex
 import subprocess
 import sys
 import warnings
@@ -61,7 +63,8 @@ def test_compare_writes_runs_plot_table(tmp_path, capsys):
         assert {"train", "validation", "optimizer"} <= {p.name for p in (out_dir / name).iterdir()}
         assert "effective_lr/model/median" in read_run(out_dir / name / "optimizer")
         assert "_hparams_/session_start_info" in read_run(out_dir / name)
-    assert "[2/2]" in err and f"tensorboard --logdir {out_dir}" in out
+    assert "[2/2]" in err
+    _assert_tensorboard_command_runs_as_printed(out, out_dir)
 
 
 def test_compare_cnn_on_digits_with_a_convention(tmp_path, capsys):
@@ -546,3 +549,42 @@ def test_python_m_keras_optlab_cli_refuses_in_one_line_without_tensorflow(tmp_pa
     )
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == "keras-optlab: error: --lr-min must be below --lr-max, got 1 and 0.5\n"
+
+
+def _assert_tensorboard_command_runs_as_printed(out, logdir, cwd="."):
+    """Item 15: the printed command's program exists as printed (no PATH lookup), or it is this
+    interpreter with `-m tensorboard.main`, importable; `--logdir` comes back as the directory."""
+    line = next(line for line in out.splitlines() if line.startswith("TensorBoard: "))
+    words = shlex.split(line.removeprefix("TensorBoard: ").split("   (then open")[0])
+    program = Path(cwd, words[0])
+    assert os.sep in words[0] and program.is_file() and os.access(program, os.X_OK), words
+    if words[1:3] == ["-m", "tensorboard.main"]:
+        assert importlib.util.find_spec("tensorboard.main") is not None
+    else:
+        assert program.name.startswith("tensorboard")
+    assert words[-2:] == ["--logdir", str(logdir)]
+
+
+def test_tensorboard_command_is_runnable_as_printed(tmp_path, monkeypatch):
+    """Item 15: a venv never activated (`.venv/bin/keras-optlab compare`): its tensorboard script,
+    relative to the working directory, quoted; without the script, `python -m tensorboard.main`."""
+    bin_dir = tmp_path / "my env" / "bin"
+    bin_dir.mkdir(parents=True)
+    for name in ("python", "tensorboard"):
+        (bin_dir / name).write_text("#!/bin/sh\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(bin_dir / "python"))
+    monkeypatch.chdir(tmp_path)
+    logdir = os.path.join("optlab_runs", "compare 1")
+    assert cli.tensorboard_command(logdir) == "'my env/bin/tensorboard' --logdir 'optlab_runs/compare 1'"
+    _assert_tensorboard_command_runs_as_printed(f"TensorBoard: {cli.tensorboard_command(logdir)}", logdir)
+    (bin_dir / "tensorboard").unlink()
+    command = cli.tensorboard_command(logdir)
+    assert command == "'my env/bin/python' -m tensorboard.main --logdir 'optlab_runs/compare 1'"
+    monkeypatch.chdir(bin_dir)  # the interpreter in the working directory itself: ./python
+    assert cli.tensorboard_command("/r").startswith("./python -m tensorboard.main")
+    monkeypatch.chdir(tmp_path / "my env" / "bin" / "..")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # not below the working directory: absolute
+    assert shlex.split(cli.tensorboard_command("/r"))[0] == str(bin_dir / "python")

@@ -14,6 +14,7 @@ import csv
 import datetime
 import math
 import os
+import shlex
 import sys
 import warnings
 
@@ -21,7 +22,7 @@ import keras_optlab as ko
 from keras_optlab._paths import why_unwritable
 from keras_optlab_cli import DEFAULT_LR, Interrupted, UsageError, main
 
-__all__ = ["Interrupted", "UsageError", "compare", "main", "surfaces", "sweep"]
+__all__ = ["Interrupted", "UsageError", "compare", "main", "surfaces", "sweep", "tensorboard_command"]
 
 CLASSES = {cls.__name__: cls for cls in ko.ALL}
 
@@ -91,6 +92,34 @@ def _set_aside(run_dir: str) -> str | None:
         target = f"{run_dir}-interrupted-{n}"
     os.rename(run_dir, target)
     return target
+
+
+def _shown(path: str) -> str:
+    """`path` relative to the working directory when it lies below it, else absolute."""
+    path = os.path.abspath(path)
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive
+        return path
+    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        return path
+    return relative if os.sep in relative else os.path.join(os.curdir, relative)
+
+
+def tensorboard_command(logdir) -> str:
+    """A command that starts TensorBoard on `logdir` exactly as printed, with this interpreter's
+    TensorBoard: the `tensorboard` script beside the interpreter when there is one (a virtual
+    environment that was never activated has it there, not on PATH), else
+    `<interpreter> -m tensorboard.main`. Paths are quoted where the shell needs it."""
+    folder = os.path.dirname(sys.executable)
+    for name in ("tensorboard", "tensorboard.exe"):
+        script = os.path.join(folder, name)
+        if os.path.isfile(script) and os.access(script, os.X_OK):
+            program = [_shown(script)]
+            break
+    else:
+        program = [_shown(sys.executable), "-m", "tensorboard.main"]
+    return shlex.join([*program, "--logdir", os.fspath(logdir)])
 
 
 def _table(rows: list[dict], columns: list[str]) -> str:
@@ -222,7 +251,7 @@ def _compare_report(runs, dataset, args, out, metric, metric_label, partial: str
     title = f"{dataset.name}, {args.model}: the same initial weights and batches"
     plots.curves(runs, figure, f"PARTIAL ({partial})\n{title}" if partial else title, metric, metric_label)
     print(f"\nwrote {figure} and {table}")
-    print(f"TensorBoard: tensorboard --logdir {out}   (then open http://localhost:6006)")
+    print(f"TensorBoard: {tensorboard_command(out)}   (then open http://localhost:6006)")
 
 
 # ---------------------------------------------------------------- surfaces
@@ -305,7 +334,7 @@ def _surfaces_report(rows, out, partial: str | None = None) -> None:
     _write_csv(table, rows, list(rows[0]))
     plotted = len({r["surface"] for r in rows})
     print(f"\nwrote {table} and the plot(s) of {plotted} surface(s) to {out}")
-    print(f"TensorBoard: tensorboard --logdir {out}   (then open http://localhost:6006)")
+    print(f"TensorBoard: {tensorboard_command(out)}   (then open http://localhost:6006)")
 
 
 # ------------------------------------------------------------------- sweep
