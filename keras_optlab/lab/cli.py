@@ -137,8 +137,10 @@ def _write_csv(path, rows, columns):
 
 
 def _number(value: float) -> str:
-    """Every number printed or written: four significant digits (1e+30, not 31 digits)."""
-    return f"{value:.4g}"
+    """Every loss, accuracy and coordinate printed or written: four significant digits,
+    trailing zeros kept (0.9970, 1.000e+30: never the 31 digits of a float printed in
+    full). Learning rates are printed with `:g` (six), seconds with one decimal."""
+    return f"{value:#.4g}"
 
 
 # ----------------------------------------------------------------- compare
@@ -231,7 +233,7 @@ def _compare_report(runs, dataset, args, out, metric, metric_label, partial: str
             "val_loss": _number(run.final("val_loss")),
             f"train_{metric}": _number(run.final(metric)),
             f"val_{metric}": _number(run.final("val_" + metric)),
-            "seconds": f"{run.seconds:.3g}",
+            "seconds": f"{run.seconds:.1f}",
             "steps_to_target": run.steps_to_target if run.steps_to_target is not None else "-",
         }
         for run in runs
