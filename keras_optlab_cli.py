@@ -420,8 +420,10 @@ def main(argv=None) -> int:
         return _error(f"error: {error}", 2)
     except Interrupted as interrupted:
         return _error(str(interrupted), 130)
-    except KeyboardInterrupt:
-        return _error("interrupted before any run finished; no results written", 130)
+    except KeyboardInterrupt:  # outside a command's loop: while starting, or a second Ctrl-C
+        if args.out is None or not os.path.exists(args.out):
+            return _error("interrupted before anything was written", 130)
+        return _error(f"interrupted while writing to {args.out}; its files may be incomplete", 130)
     except ImportError as error:
         return _error(f"error: {error}; the lab needs: pip install 'keras-optlab[lab]'", 2)
     except OSError as error:

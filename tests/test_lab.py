@@ -342,6 +342,16 @@ def test_an_os_error_mid_run_is_one_line_and_keeps_what_finished(tmp_path, capsy
     assert (out_dir / "SGD").is_dir()
 
 
+def test_interrupted_while_starting_says_nothing_was_written(tmp_path, capsys, monkeypatch):
+    def interrupted(args, command):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_out_dir", interrupted)
+    code = _main(["compare", "--optimizers", "SGD", "--logdir", str(tmp_path / "c")])
+    assert code == 130 and not (tmp_path / "c").exists()
+    assert _one_message(capsys.readouterr().err) == "keras-optlab: interrupted before anything was written"
+
+
 def test_sweep_interrupted_writes_what_finished_marked_partial(tmp_path, capsys, monkeypatch):
     """Item 13: 2 optimizers x 2 learning rates, Ctrl-C in the third fit: SGD's two fits are kept."""
     out_dir = tmp_path / "w"
