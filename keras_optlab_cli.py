@@ -394,9 +394,9 @@ def _error(message: str, code: int) -> int:
 
 def _os_error(error: OSError, out) -> str:
     what = error.strerror or str(error)
+    if out is None:  # before a command chose its output directory
+        return f"error: {what} ({error.filename})" if error.filename else f"error: {what}"
     where = f" ({error.filename})" if error.filename and os.fspath(error.filename) != os.fspath(out) else ""
-    if out is None:
-        return f"error: {what}{where}"
     try:
         kept = "; what finished is kept there" if os.listdir(out) else ""
     except OSError:

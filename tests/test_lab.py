@@ -352,6 +352,18 @@ def test_interrupted_while_starting_says_nothing_was_written(tmp_path, capsys, m
     assert _one_message(capsys.readouterr().err) == "keras-optlab: interrupted before anything was written"
 
 
+def test_an_os_error_before_the_logdir_is_chosen_is_one_line(tmp_path, capsys, monkeypatch):
+    def unreadable(args, command):
+        raise PermissionError(13, "Permission denied", "/data/digits.csv")
+
+    monkeypatch.setattr(cli, "_out_dir", unreadable)
+    code = _main(["compare", "--optimizers", "SGD", "--logdir", str(tmp_path / "c")])
+    assert code == 2
+    assert (
+        _one_message(capsys.readouterr().err) == "keras-optlab: error: Permission denied (/data/digits.csv)"
+    )
+
+
 def test_sweep_interrupted_writes_what_finished_marked_partial(tmp_path, capsys, monkeypatch):
     """Item 13: 2 optimizers x 2 learning rates, Ctrl-C in the third fit: SGD's two fits are kept."""
     out_dir = tmp_path / "w"
