@@ -3,6 +3,9 @@ Keras' own TensorBoard callback on one log directory.
 
     python examples/fit_with_diagnostics.py --epochs 20 --logdir runs/fit
     tensorboard --logdir runs/fit    # then the "Custom Scalars" tab: "Optimizer"
+
+(It prints that command with the path of this environment's `tensorboard`, which a
+virtual environment that was never activated does not have on PATH.)
 """
 
 import argparse
@@ -15,6 +18,7 @@ from sklearn.datasets import load_digits
 
 import keras_optlab as ko
 from keras_optlab.callbacks import OptimizerDiagnostics
+from keras_optlab.lab.cli import tensorboard_command
 
 
 def main(argv=None):
@@ -48,7 +52,7 @@ def main(argv=None):
             ),  # "optimizer"
         ],
     )
-    print(f"tensorboard --logdir {args.logdir}")
+    print(tensorboard_command(args.logdir))
 
 
 if __name__ == "__main__":

@@ -1,83 +1,69 @@
-"""`keras-optlab`: compare optimizers on bundled data, on 2-D surfaces, and over learning rates."""
+"""The commands of `keras-optlab`: compare, surfaces and sweep.
+
+The command line itself (the parser, the checks of the arguments, exit codes) is the
+top-level module `keras_optlab_cli`, which imports this module, and with it TensorFlow,
+only when a command runs (its docstring says why). Each command takes the checked
+arguments; on Ctrl-C it writes what finished, marked partial, and raises `Interrupted`.
+`python -m keras_optlab.lab.cli` runs the same `main`.
+"""
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import csv
 import datetime
+import math
 import os
+import shlex
 import sys
-import time
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import warnings
 
 import keras_optlab as ko
 from keras_optlab._paths import why_unwritable
+from keras_optlab_cli import DEFAULT_LR, Interrupted, UsageError, main
 
-OPTIMIZERS = {cls.__name__.lower(): cls for cls in ko.ALL}
-CONVENTIONS = ("ours", "keras", "pytorch", "optax")
-#: Default learning rates: a good value for each optimizer on the digits MLP (see `keras-optlab sweep`).
-DEFAULT_LR = {"SGD": 0.05, "Momentum": 0.01, "NAG": 0.01, "Adagrad": 0.05, "RMSProp": 0.001, "Adam": 0.001}
+__all__ = ["Interrupted", "UsageError", "compare", "main", "surfaces", "sweep", "tensorboard_command"]
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, then a non-zero exit
-        sys.stderr.write(f"keras-optlab: error: {message}\n")
-        sys.exit(2)
+CLASSES = {cls.__name__: cls for cls in ko.ALL}
 
 
-class UsageError(Exception):
-    """Bad input: reported in one line before any training starts."""
+class _Progress:
+    """`[done/total] ####.... label` on one stderr line, redrawn in place."""
+
+    def __init__(self, total: int):
+        self.total, self.open = total, False
+
+    def show(self, done: int, label: str) -> None:
+        width = 24
+        filled = int(width * done / self.total)
+        sys.stderr.write(f"\r[{done}/{self.total}] {'#' * filled}{'.' * (width - filled)} {label:<40}")
+        sys.stderr.flush()
+        self.open = True
+
+    def end(self) -> None:
+        """Ends the line, so that what follows starts on a line of its own."""
+        if self.open:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self.open = False
+
+    def done(self) -> None:
+        self.show(self.total, "done")
+        self.end()
 
 
-def _progress(done: int, total: int, label: str) -> None:
-    width = 24
-    filled = int(width * done / total)
-    sys.stderr.write(f"\r[{done}/{total}] {'#' * filled}{'.' * (width - filled)} {label:<40}")
-    if done == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
-
-
-def _optimizer_classes(text: str):
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n.lower() not in OPTIMIZERS]
-    if unknown or not names:
-        raise UsageError(f"unknown optimizer {unknown or text!r}; choose from {[c.__name__ for c in ko.ALL]}")
-    return [OPTIMIZERS[n.lower()] for n in names]
-
-
-def _learning_rates(text: str | None, classes, default) -> dict:
-    """`--lr 0.01` for all, or `--lr Adam=0.003,SGD=0.1` for some (the others keep `default`)."""
-    rates = {cls.__name__: default(cls) for cls in classes}
-    if text is None:
-        return rates
-    if "=" not in text:
-        return dict.fromkeys(rates, _positive_float(text, "--lr"))
-    for item in text.split(","):
-        name, _, value = item.partition("=")
-        rates[_optimizer_classes(name)[0].__name__] = _positive_float(value, f"--lr {name}")
-    return rates
-
-
-def _positive_float(text, what):
-    try:
-        value = float(text)
-    except ValueError:
-        raise UsageError(f"{what} must be a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise UsageError(f"{what} must be a positive number, got {text!r}")
-    return value
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
+@contextlib.contextmanager
+def _warnings_on_their_own_lines(progress: _Progress, label: str):
+    """Holds back the warnings of the block (a run), then ends the progress line and prints
+    each on a line of its own, naming the run; the filters in force still apply."""
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            yield
+        finally:
+            if caught:
+                progress.end()
+                for w in caught:
+                    sys.stderr.write(f"warning ({label}): {w.category.__name__}: {w.message}\n")
 
 
 def _make(cls, convention: str, lr: float):
@@ -91,7 +77,49 @@ def _out_dir(args, command: str) -> str:
     reason = why_unwritable(out)
     if reason:
         raise UsageError(f"cannot write to --logdir {out}: {reason}")
+    args.out = out
     return out
+
+
+def _set_aside(run_dir: str) -> str | None:
+    """Renames the TensorBoard run of an interrupted training to `<run>-interrupted` (the next
+    free name), so that TensorBoard does not show it as a finished run. Returns the new path."""
+    if not os.path.isdir(run_dir):
+        return None
+    target, n = f"{run_dir}-interrupted", 1
+    while os.path.exists(target):
+        n += 1
+        target = f"{run_dir}-interrupted-{n}"
+    os.rename(run_dir, target)
+    return target
+
+
+def _shown(path: str) -> str:
+    """`path` relative to the working directory when it lies below it, else absolute."""
+    path = os.path.abspath(path)
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive
+        return path
+    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        return path
+    return relative if os.sep in relative else os.path.join(os.curdir, relative)
+
+
+def tensorboard_command(logdir) -> str:
+    """A command that starts TensorBoard on `logdir` exactly as printed, with this interpreter's
+    TensorBoard: the `tensorboard` script beside the interpreter when there is one (a virtual
+    environment that was never activated has it there, not on PATH), else
+    `<interpreter> -m tensorboard.main`. Paths are quoted where the shell needs it."""
+    folder = os.path.dirname(sys.executable)
+    for name in ("tensorboard", "tensorboard.exe"):
+        script = os.path.join(folder, name)
+        if os.path.isfile(script) and os.access(script, os.X_OK):
+            program = [_shown(script)]
+            break
+    else:
+        program = [_shown(sys.executable), "-m", "tensorboard.main"]
+    return shlex.join([*program, "--logdir", os.fspath(logdir)])
 
 
 def _table(rows: list[dict], columns: list[str]) -> str:
@@ -108,14 +136,19 @@ def _write_csv(path, rows, columns):
         writer.writerows(rows)
 
 
+def _number(value: float) -> str:
+    """Every loss, accuracy and coordinate printed or written: four significant digits,
+    trailing zeros kept (0.9970, 1.000e+30: never the 31 digits of a float printed in
+    full). Learning rates are printed with `:g` (six), seconds with one decimal."""
+    return f"{value:#.4g}"
+
+
 # ----------------------------------------------------------------- compare
 def compare(args) -> None:
-    from keras_optlab.lab import data, plots, training
+    from keras_optlab.lab import data, training
 
-    classes = _optimizer_classes(args.optimizers)
-    rates = _learning_rates(args.lr, classes, lambda cls: DEFAULT_LR[cls.__name__])
-    if args.model == "cnn" and args.dataset != "digits":
-        raise UsageError(f"--model cnn needs an image dataset (digits), got --dataset {args.dataset}")
+    classes = [CLASSES[name] for name in args.optimizer_names]
+    rates = {name: args.lr_values.get(name, DEFAULT_LR[name]) for name in args.optimizer_names}
     out = _out_dir(args, "compare")
 
     import keras
@@ -139,58 +172,88 @@ def compare(args) -> None:
                 hp.Metric("epoch_loss", group="train", display_name="training loss"),
             ],
         )
-    runs = []
-    for i, cls in enumerate(classes):
-        name = cls.__name__
-        _progress(i, len(classes), f"training with {name}")
-        run_dir = os.path.join(out, name)
-        with tf.summary.create_file_writer(run_dir).as_default():
-            hp.hparams(
-                {"optimizer": name, "learning_rate": rates[name], "convention": args.convention},
-                trial_id=name,
-            )
-        callbacks = [
-            keras.callbacks.TensorBoard(run_dir),
-            OptimizerDiagnostics(run_dir, every_n_steps=args.every_n_steps, hparams=False),
-        ]
-        optimizer = _make(cls, args.convention, rates[name])
-        runs.append(
-            training.train(
-                dataset, args.model, optimizer, initial, args.epochs, args.batch_size, args.seed, callbacks
-            )
-        )
-    _progress(len(classes), len(classes), "done")
+    runs, current = [], None
+    progress = _Progress(len(classes))
+    try:
+        for i, cls in enumerate(classes):
+            current = cls.__name__
+            progress.show(i, f"training with {current}")
+            run_dir = os.path.join(out, current)
+            with tf.summary.create_file_writer(run_dir).as_default():
+                hp.hparams(
+                    {"optimizer": current, "learning_rate": rates[current], "convention": args.convention},
+                    trial_id=current,
+                )
+            callbacks = [
+                keras.callbacks.TensorBoard(run_dir),
+                OptimizerDiagnostics(run_dir, every_n_steps=args.every_n_steps, hparams=False),
+            ]
+            optimizer = _make(cls, args.convention, rates[current])
+            with _warnings_on_their_own_lines(progress, current):
+                run = training.train(
+                    dataset,
+                    args.model,
+                    optimizer,
+                    initial,
+                    args.epochs,
+                    args.batch_size,
+                    args.seed,
+                    callbacks,
+                )
+            runs.append(run)
+            current = None
+        progress.done()
+    except KeyboardInterrupt:
+        progress.end()
+        where = f"during {current}" if current else "between two runs"
+        aside = _set_aside(os.path.join(out, current)) if current else None
+        kept = f" (its TensorBoard run: {aside})" if aside else ""
+        if not runs:
+            raise Interrupted(
+                f"interrupted {where}, before any run finished; no results written{kept}"
+            ) from None
+        note = f"{len(runs)} of {len(classes)} optimizers finished; interrupted {where}"
+        _compare_report(runs, dataset, args, out, metric, metric_label, partial=note)
+        raise Interrupted(
+            f"interrupted {where}; wrote the {len(runs)} finished run(s) to {out} (partial){kept}"
+        ) from None
+    finally:
+        progress.end()  # whatever stopped the loop, the message that follows starts a line
+    _compare_report(runs, dataset, args, out, metric, metric_label)
+
+
+def _compare_report(runs, dataset, args, out, metric, metric_label, partial: str | None = None) -> None:
+    from keras_optlab.lab import plots
 
     rows = [
         {
             "optimizer": run.optimizer,
             "lr": f"{run.learning_rate:g}",
-            "train_loss": f"{run.final('loss'):.4f}",
-            "val_loss": f"{run.final('val_loss'):.4f}",
-            f"train_{metric}": f"{run.final(metric):.4f}",
-            f"val_{metric}": f"{run.final('val_' + metric):.4f}",
+            "train_loss": _number(run.final("loss")),
+            "val_loss": _number(run.final("val_loss")),
+            f"train_{metric}": _number(run.final(metric)),
+            f"val_{metric}": _number(run.final("val_" + metric)),
             "seconds": f"{run.seconds:.1f}",
             "steps_to_target": run.steps_to_target if run.steps_to_target is not None else "-",
         }
         for run in runs
     ]
     columns = list(rows[0])
+    suffix = "-partial" if partial else ""
+    if partial:
+        print(f"\npartial: {partial}")
     print(
         f"\n{dataset.name}, {args.model}, {args.epochs} epochs, batch {args.batch_size}, seed {args.seed}; "
         f"steps_to_target: optimizer steps until the training loss fell below {dataset.target_loss:g}\n"
     )
     print(_table(rows, columns))
-    _write_csv(os.path.join(out, "results.csv"), rows, columns)
-    figure = os.path.join(out, "curves.png")
-    plots.curves(
-        runs,
-        figure,
-        f"{dataset.name}, {args.model}: the same initial weights and batches",
-        metric,
-        metric_label,
-    )
-    print(f"\nwrote {figure} and {os.path.join(out, 'results.csv')}")
-    print(f"TensorBoard: tensorboard --logdir {out}   (then open http://localhost:6006)")
+    table = os.path.join(out, f"results{suffix}.csv")
+    _write_csv(table, rows, columns)
+    figure = os.path.join(out, f"curves{suffix}.png")
+    title = f"{dataset.name}, {args.model}: the same initial weights and batches"
+    plots.curves(runs, figure, f"PARTIAL ({partial})\n{title}" if partial else title, metric, metric_label)
+    print(f"\nwrote {figure} and {table}")
+    print(f"TensorBoard: {tensorboard_command(out)}   (then open http://localhost:6006)")
 
 
 # ---------------------------------------------------------------- surfaces
@@ -198,189 +261,218 @@ def surfaces(args) -> None:
     from keras_optlab.lab import plots
     from keras_optlab.lab.surfaces import SURFACES, default_learning_rate, trajectory
 
-    names = list(SURFACES) if args.surface == "all" else [s.strip() for s in args.surface.split(",")]
-    unknown = [n for n in names if n not in SURFACES]
-    if unknown:
-        raise UsageError(f"unknown surface {unknown}; choose from {list(SURFACES)} or 'all'")
-    classes = _optimizer_classes(args.optimizers)
-    if args.lr is not None:
-        _learning_rates(args.lr, classes, lambda cls: 1.0)  # checked before any work
+    classes = [CLASSES[name] for name in args.optimizer_names]
     out = _out_dir(args, "surfaces")
 
     import tensorflow as tf
 
     os.makedirs(out, exist_ok=True)
-    total, done = len(names) * len(classes), 0
-    rows = []
-    for name in names:
-        surface = SURFACES[name]
-        rates = _learning_rates(args.lr, classes, lambda cls, s=surface: default_learning_rate(s, cls))
-        paths = {}
-        for cls in classes:
-            _progress(done, total, f"{name}: {cls.__name__}")
-            points = trajectory(surface, _make(cls, args.convention, rates[cls.__name__]), steps=args.steps)
-            label = f"{cls.__name__} (lr={rates[cls.__name__]:g})"
-            paths[label] = points
-            values = surface.fn(points[:, 0], points[:, 1])
-            with tf.summary.create_file_writer(os.path.join(out, name, cls.__name__)).as_default():
-                for step, (value, (x, y)) in enumerate(zip(values, points, strict=True)):
-                    tf.summary.scalar(f"{name}/loss", value, step=step)
-                    tf.summary.scalar(f"{name}/x", x, step=step)
-                    tf.summary.scalar(f"{name}/y", y, step=step)
-            rows.append(
-                {
-                    "surface": name,
-                    "optimizer": cls.__name__,
-                    "lr": f"{rates[cls.__name__]:g}",
-                    "final_x": f"{points[-1, 0]:.4f}",
-                    "final_y": f"{points[-1, 1]:.4f}",
-                    "final_loss": f"{values[-1]:.4g}",
-                }
-            )
-            done += 1
-        plots.surface(surface, paths, os.path.join(out, f"{name}.png"))
-        if args.gif:
-            plots.surface_animation(surface, paths, os.path.join(out, f"{name}.gif"))
-    _progress(total, total, "done")
+    total = len(args.surface_names) * len(classes)
+    progress = _Progress(total)
+    rows, current, logging_to = [], None, None
+    name, paths, plotted = None, {}, False
+    try:
+        for name in args.surface_names:
+            surface, paths, plotted = SURFACES[name], {}, False
+            for cls in classes:
+                current = f"{name}: {cls.__name__}"
+                progress.show(len(rows), current)
+                lr = args.lr_values.get(cls.__name__, default_learning_rate(surface, cls))
+                with _warnings_on_their_own_lines(progress, current):
+                    points = trajectory(surface, _make(cls, args.convention, lr), steps=args.steps)
+                    values = surface.fn(points[:, 0], points[:, 1])
+                logging_to = os.path.join(out, name, cls.__name__)
+                with tf.summary.create_file_writer(logging_to).as_default():
+                    for step, (value, (x, y)) in enumerate(zip(values, points, strict=True)):
+                        tf.summary.scalar(f"{name}/loss", value, step=step)
+                        tf.summary.scalar(f"{name}/x", x, step=step)
+                        tf.summary.scalar(f"{name}/y", y, step=step)
+                logging_to = None
+                paths[f"{cls.__name__} (lr={lr:g})"] = points
+                rows.append(
+                    {
+                        "surface": name,
+                        "optimizer": cls.__name__,
+                        "lr": f"{lr:g}",
+                        "final_x": _number(points[-1, 0]),
+                        "final_y": _number(points[-1, 1]),
+                        "final_loss": _number(values[-1]),
+                    }
+                )
+            current = f"{name}: the plot"
+            plots.surface(surface, paths, os.path.join(out, f"{name}.png"))
+            if args.gif:
+                plots.surface_animation(surface, paths, os.path.join(out, f"{name}.gif"))
+            plotted, current = True, None
+        progress.done()
+    except KeyboardInterrupt:
+        progress.end()
+        where = f"during {current}" if current else "between two surfaces"
+        aside = _set_aside(logging_to) if logging_to else None
+        kept = f" (its TensorBoard run: {aside})" if aside else ""
+        if not rows:
+            raise Interrupted(
+                f"interrupted {where}, before any path finished; no results written{kept}"
+            ) from None
+        note = f"{len(rows)} of {total} paths finished; interrupted {where}"
+        if paths and not plotted:
+            figure = os.path.join(out, f"{name}-partial.png")
+            plots.surface(SURFACES[name], paths, figure, note=f"PARTIAL: {note}")
+        _surfaces_report(rows, out, partial=note)
+        raise Interrupted(
+            f"interrupted {where}; wrote the {len(rows)} finished path(s) to {out} (partial){kept}"
+        ) from None
+    finally:
+        progress.end()
+    _surfaces_report(rows, out)
+
+
+def _surfaces_report(rows, out, partial: str | None = None) -> None:
+    if partial:
+        print(f"\npartial: {partial}")
     print()
     print(_table(rows, list(rows[0])))
-    _write_csv(os.path.join(out, "results.csv"), rows, list(rows[0]))
-    print(f"\nwrote {len(names)} plot(s) to {out}; TensorBoard: tensorboard --logdir {out}")
+    table = os.path.join(out, "results-partial.csv" if partial else "results.csv")
+    _write_csv(table, rows, list(rows[0]))
+    plotted = len({r["surface"] for r in rows})
+    print(f"\nwrote {table} and the plot(s) of {plotted} surface(s) to {out}")
+    print(f"TensorBoard: {tensorboard_command(out)}   (then open http://localhost:6006)")
 
 
 # ------------------------------------------------------------------- sweep
 def sweep(args) -> None:
-    import math
-
     import numpy as np
 
-    from keras_optlab.lab import data, plots, training
+    from keras_optlab.lab import data, training
 
-    classes = _optimizer_classes(args.optimizers)
-    low, high = _positive_float(args.lr_min, "--lr-min"), _positive_float(args.lr_max, "--lr-max")
-    if low >= high:
-        raise UsageError(f"--lr-min must be below --lr-max, got {low:g} and {high:g}")
+    classes = [CLASSES[name] for name in args.optimizer_names]
+    grid = [
+        float(f"{v:.3g}") for v in np.logspace(math.log10(args.lr_min), math.log10(args.lr_max), args.points)
+    ]
+    if len(set(grid)) < len(grid):
+        raise UsageError(
+            f"--points {args.points} between --lr-min {args.lr_min:g} and --lr-max {args.lr_max:g} gives "
+            "learning rates equal to 3 significant digits; use fewer points or a wider range"
+        )
     out = _out_dir(args, "sweep")
     dataset = data.load(args.dataset, seed=0)
-    grid = [float(f"{v:.3g}") for v in np.logspace(math.log10(low), math.log10(high), args.points)]
-    results = {cls.__name__: {lr: [] for lr in grid} for cls in classes}
-    total, done = len(classes) * len(grid) * args.seeds, 0
-    for seed in range(args.seeds):
-        initial = training.build_model(dataset, args.model, seed).get_weights()
-        for cls in classes:
-            for lr in grid:
-                _progress(done, total, f"{cls.__name__} lr={lr:g} seed={seed}")
-                run = training.train(
-                    dataset,
-                    args.model,
-                    _make(cls, args.convention, lr),
-                    initial,
-                    args.epochs,
-                    args.batch_size,
-                    seed,
-                )
-                loss = run.final("val_loss")
-                results[cls.__name__][lr].append(loss if math.isfinite(loss) else float("nan"))
-                done += 1
-    _progress(total, total, "done")
+    prior = data.prior_loss(dataset)
+    fits = []  # (optimizer, lr, seed, final validation loss)
+    total, current = len(classes) * len(grid) * args.seeds, None
+    progress = _Progress(total)
+    try:
+        for seed in range(args.seeds):
+            initial = training.build_model(dataset, args.model, seed).get_weights()
+            for cls in classes:
+                for lr in grid:
+                    current = f"{cls.__name__} lr={lr:g} seed={seed}"
+                    progress.show(len(fits), current)
+                    with _warnings_on_their_own_lines(progress, current):
+                        run = training.train(
+                            dataset,
+                            args.model,
+                            _make(cls, args.convention, lr),
+                            initial,
+                            args.epochs,
+                            args.batch_size,
+                            seed,
+                        )
+                    fits.append((cls.__name__, lr, seed, run.final("val_loss")))
+                    current = None
+        progress.done()
+    except KeyboardInterrupt:
+        progress.end()
+        where = f"during {current}" if current else "between two fits"
+        if not fits:
+            raise Interrupted(f"interrupted {where}, before any fit finished; nothing written") from None
+        note = f"{len(fits)} of {total} fits finished; interrupted {where}"
+        os.makedirs(out, exist_ok=True)
+        _sweep_report(fits, args, dataset, prior, out, partial=note)
+        raise Interrupted(
+            f"interrupted {where}; wrote the {len(fits)} finished fit(s) to {out} (partial)"
+        ) from None
+    finally:
+        progress.end()
     os.makedirs(out, exist_ok=True)
+    _sweep_report(fits, args, dataset, prior, out)
+
+
+def fails(loss: float, prior: float) -> bool:
+    """A fit fails when its final validation loss is not finite or not below `prior`, the loss
+    of predicting the class prior (regression: the training mean): it learned nothing."""
+    return not (math.isfinite(loss) and loss < prior)
+
+
+def sweep_verdicts(losses: dict, prior: float) -> tuple:
+    """(best, diverged, too_slow) for one optimizer, from {lr: [final validation loss per seed]}.
+
+    A learning rate fails when a fit at any seed fails (`fails`). The best is the lowest mean
+    loss among those that do not fail (None if all fail). Failing learning rates above the
+    best one diverged; those below it were too slow to learn. With no best, the learning
+    rate with the lowest finite mean divides the two; a non-finite loss always diverged.
+    """
+    means = {lr: float(sum(v) / len(v)) for lr, v in losses.items() if v}
+    failing = {lr for lr, v in losses.items() if v and any(fails(x, prior) for x in v)}
+    fine = {lr: m for lr, m in means.items() if lr not in failing}
+    best = min(fine, key=fine.get) if fine else None
+    finite = {lr: m for lr, m in means.items() if math.isfinite(m)}
+    pivot = best if best is not None else (min(finite, key=finite.get) if finite else None)
+    diverged = sorted(
+        lr for lr in failing if not math.isfinite(means[lr]) or (pivot is not None and lr > pivot)
+    )
+    too_slow = sorted(lr for lr in failing if lr not in diverged)
+    return best, diverged, too_slow
+
+
+def _sweep_report(fits, args, dataset, prior, out, partial: str | None = None) -> None:
+    from keras_optlab.lab import plots
+
+    losses = {name: {} for name in args.optimizer_names}
+    for name, lr, _, loss in fits:
+        losses[name].setdefault(lr, []).append(loss if math.isfinite(loss) else float("nan"))
     rows = []
-    for name, by_lr in results.items():
-        means = {lr: float(np.mean(v)) for lr, v in by_lr.items()}
-        finite = {lr: m for lr, m in means.items() if math.isfinite(m)}
-        best = min(finite, key=finite.get) if finite else None
+    for name, by_lr in losses.items():
+        if not by_lr:
+            continue
+        best, diverged, too_slow = sweep_verdicts(by_lr, prior)
         rows.append(
             {
                 "optimizer": name,
-                "best_lr": f"{best:g}" if best else "-",
-                "val_loss": f"{finite[best]:.4f}" if best else "diverged",
-                "diverged_lrs": ",".join(f"{lr:g}" for lr in grid if not math.isfinite(means[lr])) or "-",
+                "best_lr": f"{best:g}" if best is not None else "-",
+                "val_loss": _number(sum(by_lr[best]) / len(by_lr[best])) if best is not None else "-",
+                "diverged_lrs": ",".join(f"{lr:g}" for lr in diverged) or "-",
+                "too_slow_lrs": ",".join(f"{lr:g}" for lr in too_slow) or "-",
+                "fits": sum(len(v) for v in by_lr.values()),
             }
         )
-    figure = os.path.join(out, "sweep.png")
-    plots.sweep(results, figure, f"{dataset.name}, {args.model}, {args.epochs} epochs, {args.seeds} seed(s)")
-    print(f"\nbest learning rate by mean final validation loss over {args.seeds} seed(s):\n")
-    print(_table(rows, list(rows[0])))
-    _write_csv(os.path.join(out, "best.csv"), rows, list(rows[0]))
-    detail = [
-        {"optimizer": n, "lr": f"{lr:g}", "seed": s, "val_loss": f"{v:.6g}"}
-        for n, by_lr in results.items()
-        for lr, values in by_lr.items()
-        for s, v in enumerate(values)
-    ]
-    _write_csv(os.path.join(out, "runs.csv"), detail, list(detail[0]))
-    print(f"\nwrote {figure}, {os.path.join(out, 'best.csv')} and {os.path.join(out, 'runs.csv')}")
-
-
-# -------------------------------------------------------------------- main
-def _parser() -> argparse.ArgumentParser:
-    from keras_optlab.lab.data import DATASETS
-    from keras_optlab.lab.training import MODELS
-
-    parser = _Parser(prog="keras-optlab", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"keras-optlab {ko.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    every = ",".join(c.__name__ for c in ko.ALL)
-
-    def common(p, optimizers=every):
-        p.add_argument("--optimizers", default=optimizers, help=f"comma-separated, from {every}")
-        p.add_argument(
-            "--convention",
-            choices=CONVENTIONS,
-            default="ours",
-            help="run each optimizer in this framework's convention (Cls.like)",
-        )
-        p.add_argument("--logdir", help="output directory (default: optlab_runs/<command>-<time>)")
-
-    c = sub.add_parser("compare", help="train one model per optimizer on a bundled dataset")
-    common(c)
-    c.add_argument("--dataset", choices=list(DATASETS), default="digits")
-    c.add_argument("--model", choices=MODELS, default="mlp")
-    c.add_argument("--lr", help="one learning rate for all, or Name=value,... (default: per optimizer)")
-    c.add_argument("--epochs", type=_positive_int, default=30)
-    c.add_argument("--batch-size", type=_positive_int, default=32)
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument(
-        "--target-loss", type=float, help="loss for the steps_to_target column (default: per dataset)"
+    suffix = "-partial" if partial else ""
+    baseline = "the class prior" if dataset.task == "classification" else "the training mean"
+    figure = os.path.join(out, f"sweep{suffix}.png")
+    title = f"{dataset.name}, {args.model}, {args.epochs} epochs, {args.seeds} seed(s)"
+    plots.sweep(
+        {n: v for n, v in losses.items() if v},
+        figure,
+        f"PARTIAL ({partial})\n{title}" if partial else title,
+        prior=prior,
+        prior_label=f"predicting {baseline}: {_number(prior)}",
     )
-    c.add_argument("--every-n-steps", type=_positive_int, default=10, help="diagnostics interval")
-    c.set_defaults(run=compare)
-
-    s = sub.add_parser("surfaces", help="optimizer paths on 2-D test functions")
-    common(s)
-    s.add_argument("--surface", default="all", help="comma-separated surfaces, or 'all'")
-    s.add_argument("--lr", help="one learning rate for all, or Name=value,... (default: per surface)")
-    s.add_argument("--steps", type=_positive_int, help="steps per path (default: per surface)")
-    s.add_argument("--gif", action="store_true", help="also write an animated GIF per surface")
-    s.set_defaults(run=surfaces)
-
-    w = sub.add_parser("sweep", help="final loss against the learning rate, several seeds")
-    common(w)
-    w.add_argument("--dataset", choices=list(DATASETS), default="digits")
-    w.add_argument("--model", choices=MODELS, default="mlp")
-    w.add_argument("--lr-min", default="1e-4")
-    w.add_argument("--lr-max", default="1")
-    w.add_argument("--points", type=_positive_int, default=9)
-    w.add_argument("--seeds", type=_positive_int, default=2)
-    w.add_argument("--epochs", type=_positive_int, default=10)
-    w.add_argument("--batch-size", type=_positive_int, default=32)
-    w.set_defaults(run=sweep)
-    return parser
-
-
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    start = time.perf_counter()
-    try:
-        args.run(args)
-    except UsageError as error:
-        sys.stderr.write(f"keras-optlab: error: {error}\n")
-        return 2
-    except ImportError as error:
-        sys.stderr.write(f"keras-optlab: error: {error}; the lab needs: pip install 'keras-optlab[lab]'\n")
-        return 2
-    print(f"({time.perf_counter() - start:.0f} s)")
-    return 0
+    if partial:
+        print(f"\npartial: {partial}")
+    print(
+        f"\nbest learning rate by mean final validation loss over {args.seeds} seed(s); a fit fails when "
+        f"that loss is not finite or not below {_number(prior)} (predicting {baseline}); failing learning "
+        "rates above the best diverged, below it were too slow:\n"
+    )
+    print(_table(rows, list(rows[0])))
+    best_csv = os.path.join(out, f"best{suffix}.csv")
+    _write_csv(best_csv, rows, list(rows[0]))
+    detail = [
+        {"optimizer": n, "lr": f"{lr:g}", "seed": s, "val_loss": _number(v), "failed": fails(v, prior)}
+        for n, lr, s, v in fits
+    ]
+    runs_csv = os.path.join(out, f"runs{suffix}.csv")
+    _write_csv(runs_csv, detail, list(detail[0]))
+    print(f"\nwrote {figure}, {best_csv} and {runs_csv}")
 
 
 if __name__ == "__main__":

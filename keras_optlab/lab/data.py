@@ -62,3 +62,14 @@ def load(name: str, seed: int = 0, validation_fraction: float = 0.25) -> Dataset
         image_shape=(8, 8, 1) if name == "digits" else None,
         target_loss=target_loss,
     )
+
+
+def prior_loss(dataset: Dataset) -> float:
+    """The validation loss of the best constant prediction fitted on the training split: for a
+    classification the cross-entropy of the training split's class frequencies (ln(10) = 2.30
+    for ten balanced classes), for a regression the mean squared error of its mean. A model
+    whose loss is not below it has learned nothing from the inputs."""
+    if dataset.task == "classification":
+        prior = np.bincount(dataset.y_train, minlength=dataset.classes) / len(dataset.y_train)
+        return float(-np.mean(np.log(prior[dataset.y_val])))
+    return float(np.mean((dataset.y_val - dataset.y_train.mean()) ** 2))

@@ -85,10 +85,13 @@ def _contours(ax, surface):
     ax.set_title(f"{surface.name}: f = {surface.formula}", fontsize=10)
 
 
-def surface(surface, trajectories: dict, path) -> None:
-    """Contours of `surface` with each optimizer's path (dot: start, square: end)."""
+def surface(surface, trajectories: dict, path, note: str | None = None) -> None:
+    """Contours of `surface` with each optimizer's path (dot: start, square: end); `note`
+    (e.g. that the figure is partial) goes above the title."""
     fig, ax = plt.subplots(figsize=(7.5, 6))
     _contours(ax, surface)
+    if note:
+        ax.set_title(f"{note}\n{ax.get_title()}", fontsize=10)
     for label, points in trajectories.items():
         c = _colour(label.split(" ")[0])
         ax.plot(points[:, 0], points[:, 1], color=c, linewidth=1.4, label=label, alpha=0.9)
@@ -123,16 +126,20 @@ def surface_animation(surface, trajectories: dict, path, frames: int = 60) -> No
     plt.close(fig)
 
 
-def sweep(results: dict, path, title: str) -> None:
-    """Final validation loss against the learning rate: mean over seeds, band: min to max."""
+def sweep(results: dict, path, title: str, prior: float | None = None, prior_label: str = "") -> None:
+    """Final validation loss against the learning rate: mean over seeds, band: min to max.
+    Learning rates without a finished fit are left out; `prior` draws the loss of predicting
+    the class prior (a fit not below it failed)."""
     fig, ax = plt.subplots(figsize=(8, 5))
     for name, by_lr in results.items():
-        lrs = np.array(sorted(by_lr))
+        lrs = np.array(sorted(lr for lr, v in by_lr.items() if len(v)))
         losses = [np.array(by_lr[lr], dtype=float) for lr in lrs]
         mean = np.array([np.mean(v) for v in losses])
         c = _colour(name)
         ax.plot(lrs, mean, marker="o", color=c, label=name)
         ax.fill_between(lrs, [np.min(v) for v in losses], [np.max(v) for v in losses], color=c, alpha=0.15)
+    if prior is not None:
+        ax.axhline(prior, color="black", linestyle=":", linewidth=1, label=prior_label or "prior")
     ax.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="final validation loss", title=title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=9)
