@@ -15,6 +15,8 @@ import tensorflow as tf
 
 import keras_optlab as ko
 from keras_optlab.callbacks import OptimizerDiagnostics
+from keras_optlab.optimizers import CACHE, MOMENTUM
+from tests.cases import RULES
 from tests.tb import last, read_run
 
 VARIABLES = ["net/hidden/kernel", "net/hidden/bias", "net/out/kernel", "net/out/bias"]
@@ -145,6 +147,39 @@ def test_adagrad_tags_and_values_match_the_state(tmp_path):
         loss = tf.reduce_mean(loss)
     grads = tape.gradient(loss, model.trainable_variables)
     norm = np.sqrt(sum(float(tf.reduce_sum(g**2)) for g in grads))
+    assert last(events, "gradient_norm/model") == pytest.approx(norm, rel=1e-3)
+
+
+def _batch_gradient_norm(model, weights, batch):
+    """The norm of the gradient of batch `batch` at `weights`, by a GradientTape."""
+    for variable, value in zip(model.trainable_variables, weights, strict=True):
+        variable.assign(value)
+    x, y = _data()
+    rows = slice(batch * BATCH, (batch + 1) * BATCH)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(keras.losses.mean_squared_error(y[rows], model(x[rows])))
+    return np.sqrt(sum(float(tf.reduce_sum(g**2)) for g in tape.gradient(loss, model.trainable_variables)))
+
+
+@pytest.mark.parametrize("cls", RULES, ids=lambda c: c.__name__)
+def test_every_rule_is_read_through_its_protocol(cls, tmp_path):
+    """A rule's momentum and cache are found by their slots' roles, its effective rate by
+    its own `rate`, its gradient by its own `gradient_squared`: the tags follow from the
+    rule's slots, the rates are the optimizer's own, and the gradient norm is the batch's."""
+    model, recorder = _model(cls(learning_rate=0.01)), _Recorder()
+    _fit(model, [recorder, OptimizerDiagnostics(tmp_path, every_n_steps=2, histogram_every_n_steps=None)], 1)
+    roles = {slot.role for slot in model.optimizer.slots()}
+    events = read_run(tmp_path / "optimizer")
+    assert set(events) == _expected_tags(momentum=MOMENTUM in roles, cache=CACHE in roles, histograms=False)
+    optimizer = model.optimizer
+    rates, initial = [], []
+    for variable in model.trainable_variables:
+        rates.append(keras.ops.convert_to_numpy(optimizer.effective_learning_rate(variable, 0.01)).ravel())
+        initial.append(keras.ops.convert_to_numpy(optimizer.initial_state_mask(variable)).ravel())
+    rates, touched = np.concatenate(rates), ~np.concatenate(initial)
+    want = np.percentile(rates[touched], 50, method="inverted_cdf")
+    assert last(events, "effective_lr/model/median") == pytest.approx(want, rel=0.06)  # one bin
+    norm = _batch_gradient_norm(model, recorder.before, STEPS_PER_EPOCH - 1)
     assert last(events, "gradient_norm/model") == pytest.approx(norm, rel=1e-3)
 
 

@@ -1,10 +1,13 @@
-"""How the diagnostics read an optimizer's state, ours or one of Keras' built-ins.
+"""How the diagnostics read an optimizer: through the rule protocol alone.
 
-The effective learning rate is never recomputed here: a keras_optlab optimizer
-reports its own through `rate_from_state`, and a Keras built-in is read through
-its keras_optlab *twin*, the optimizer of ours whose Keras convention computes the
-same rule (`ko.Adam.like("keras", ...)` for `keras.optimizers.Adam`, say); the
-twin's formula is then applied to the built-in's own slot variables.
+A keras_optlab optimizer is its own rule (`keras_optlab/optimizers/_rule.py`): the
+diagnostics find its momentum and its cache by their slots' roles, its effective
+learning rate by `rate`, the gradient of a step by `gradient_squared`, and know
+nothing else of it, so that a new rule needs no edit here.
+
+A Keras built-in is read through its keras_optlab *twin*, the rule of ours that
+computes the same (`ko.Adam.like("keras", ...)` for `keras.optimizers.Adam`), and
+a table of where Keras keeps each of the twin's slots: data, not code.
 """
 
 from __future__ import annotations
@@ -12,14 +15,40 @@ from __future__ import annotations
 import dataclasses
 
 import keras
-from keras import ops
 
 from keras_optlab import optimizers as ko
-from keras_optlab.optimizers._base import OptlabOptimizer
+from keras_optlab.optimizers import CACHE, MOMENTUM, OptlabOptimizer
 
-#: The slot that holds the momentum-like buffer and the cache of each rule.
-MOMENTUM_SLOT = {ko.Momentum: "velocity", ko.RMSProp: "momentum", ko.Adam: "m"}
-CACHE_SLOT = {ko.Adagrad: "cache", ko.RMSProp: "cache", ko.Adam: "v"}
+
+def _sgd(o):
+    if o.momentum == 0:
+        return ko.SGD()
+    return (ko.NAG if o.nesterov else ko.Momentum).like("keras", momentum=o.momentum)
+
+
+def _adagrad(o):
+    return ko.Adagrad.like("keras", initial_accumulator_value=o.initial_accumulator_value, epsilon=o.epsilon)
+
+
+def _rmsprop(o):
+    return ko.RMSProp.like("keras", rho=o.rho, epsilon=o.epsilon, centered=o.centered, momentum=o.momentum)
+
+
+def _adam(o):
+    return ko.Adam.like("keras", beta_1=o.beta_1, beta_2=o.beta_2, epsilon=o.epsilon, amsgrad=o.amsgrad)
+
+
+#: Keras' built-ins: the twin that computes the same rule from the built-in's
+#: settings, and the attribute of the built-in that lists each slot of the twin.
+BUILTINS = {
+    keras.optimizers.SGD: (_sgd, {"velocity": "momentums"}),
+    keras.optimizers.Adagrad: (_adagrad, {"cache": "_accumulators"}),
+    keras.optimizers.RMSprop: (
+        _rmsprop,
+        {"cache": "_velocities", "mean_gradient": "_average_gradients", "momentum": "_momentums"},
+    ),
+    keras.optimizers.Adam: (_adam, {"m": "_momentums", "v": "_velocities", "v_max": "_velocity_hats"}),
+}
 
 
 @dataclasses.dataclass
@@ -28,54 +57,35 @@ class Reader:
 
     optimizer: keras.optimizers.Optimizer  # the optimizer that owns the state
     twin: OptlabOptimizer | None  # the rule, or None where it cannot be read
-    slots: dict  # a built-in's slot name -> the attribute that lists those slots
+    slots: dict | None = None  # a built-in's slot name -> the attribute that lists those slots
     note: str = ""  # what cannot be read, for the message at the start of training
 
     def state(self, variable) -> dict:
-        """The state of `variable` by slot name (the optimizer must be built)."""
-        if self.twin is self.optimizer:
+        """The state of `variable` by slot name (the optimizer must be built); none
+        for an optimizer that cannot be read."""
+        if self.twin is None:
+            return {}
+        if self.slots is None:
             return self.optimizer.state(variable)
         index = self.optimizer._get_variable_index(variable)
-        lists = {name: getattr(self.optimizer, attribute) for name, attribute in self.slots.items()}
-        return {name: slots[index] for name, slots in lists.items() if slots[index] is not None}
+        return {
+            slot.name: getattr(self.optimizer, self.slots[slot.name])[index] for slot in self.twin.slots()
+        }
 
     @property
     def momentum_slot(self):
-        return _lookup(MOMENTUM_SLOT, self.twin)
+        return None if self.twin is None else self.twin.slot_named(MOMENTUM)
 
     @property
     def cache_slot(self):
-        return _lookup(CACHE_SLOT, self.twin)
+        return None if self.twin is None else self.twin.slot_named(CACHE)
 
-    def gradient_squared(self, before: dict, after: dict, weight_change, lr):
-        """The element-wise square of the gradient the rule used in one step, or None.
-
-        The rules inverted: Adagrad's cache grows by g^2, RMSProp's and Adam's
-        second moment by (1 - rho) g^2 after decaying; the velocity of Momentum and
-        NAG is mu*v - lr*g (or mu*v + g); plain SGD moves by -lr*g (read only
-        without decoupled weight decay, which moves the weights too).
-        """
-        twin = self.twin
-        if isinstance(twin, ko.Adagrad):
-            return after["cache"] - before["cache"]
-        if isinstance(twin, ko.RMSProp):
-            return (after["cache"] - twin.rho * before["cache"]) / (1 - twin.rho)
-        if isinstance(twin, ko.Adam):
-            return (after["v"] - twin.beta_2 * before["v"]) / (1 - twin.beta_2)
-        if isinstance(twin, ko.Momentum):
-            v0, v1 = before["velocity"], after["velocity"]
-            g = (twin.momentum * v0 - v1) / lr if twin.lr_in_momentum else v1 - twin.momentum * v0
-            return ops.square(g)
-        if isinstance(twin, ko.SGD) and not (self.optimizer.weight_decay and not twin.coupled_weight_decay):
-            return ops.square(weight_change / lr)
-        return None
-
-
-def _lookup(table, twin):
-    for cls, name in table.items():
-        if isinstance(twin, cls):
-            return name
-    return None
+    def gradient_squared(self, before: dict, after: dict, weight_change, lr, t):
+        """g^2 of the step from `before` to `after`, taken at `lr` (the rule's own
+        `gradient_squared`); the weights' change is the rule's alone only without
+        decoupled weight decay, which moves the weights too."""
+        decoupled = self.optimizer.weight_decay and not getattr(self.twin, "coupled_weight_decay", False)
+        return self.twin.gradient_squared(before, after, None if decoupled else weight_change, lr, t)
 
 
 def unwrap(optimizer):
@@ -86,53 +96,18 @@ def unwrap(optimizer):
 def reader_for(optimizer) -> Reader:
     optimizer = unwrap(optimizer)
     if isinstance(optimizer, OptlabOptimizer):
-        return Reader(optimizer, optimizer, {})
-    builtins = keras.optimizers
+        return Reader(optimizer, optimizer)
+    if type(optimizer) in BUILTINS:
+        twin, slots = BUILTINS[type(optimizer)]
+        return Reader(optimizer, twin(optimizer), slots)
     kind = type(optimizer)
-    if kind is builtins.SGD:
-        if optimizer.momentum == 0:
-            return Reader(optimizer, ko.SGD(), {})
-        cls = ko.NAG if optimizer.nesterov else ko.Momentum
-        return Reader(optimizer, cls.like("keras", momentum=optimizer.momentum), {"velocity": "momentums"})
-    if kind is builtins.Adagrad:
-        twin = ko.Adagrad.like(
-            "keras", initial_accumulator_value=optimizer.initial_accumulator_value, epsilon=optimizer.epsilon
-        )
-        return Reader(optimizer, twin, {"cache": "_accumulators"})
-    if kind is builtins.RMSprop:
-        twin = ko.RMSProp.like(
-            "keras",
-            rho=optimizer.rho,
-            epsilon=optimizer.epsilon,
-            centered=optimizer.centered,
-            momentum=optimizer.momentum,
-        )
-        slots = {"cache": "_velocities"}
-        if optimizer.centered:
-            slots["mean_gradient"] = "_average_gradients"
-        if optimizer.momentum > 0:
-            slots["momentum"] = "_momentums"
-        return Reader(optimizer, twin, slots)
-    if kind is builtins.Adam:
-        twin = ko.Adam.like(
-            "keras",
-            beta_1=optimizer.beta_1,
-            beta_2=optimizer.beta_2,
-            epsilon=optimizer.epsilon,
-            amsgrad=optimizer.amsgrad,
-        )
-        slots = {"m": "_momentums", "v": "_velocities"}
-        if optimizer.amsgrad:
-            slots["v_max"] = "_velocity_hats"
-        return Reader(optimizer, twin, slots)
     return Reader(
         optimizer,
         None,
-        {},
         note=(
             f"OptimizerDiagnostics cannot read the state of {kind.__module__}.{kind.__name__}: its effective "
             "learning rates, momentum and cache are not logged. Update-to-weight ratios and non-finite "
-            "checks of the weights are. Readable: the six keras_optlab optimizers and Keras' SGD, Adagrad, "
+            "checks of the weights are. Readable: every keras_optlab optimizer and Keras' SGD, Adagrad, "
             "RMSprop and Adam (also inside a LossScaleOptimizer)."
         ),
     )

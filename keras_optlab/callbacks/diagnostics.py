@@ -431,7 +431,11 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             change = weight - before[i]["weight"]
             if twin is not None and self._one_step_window:
                 gradient_squared = reader.gradient_squared(
-                    before[i], state, tf.cast(change, rate.dtype), tf.cast(lr, rate.dtype)
+                    before[i],
+                    state,
+                    tf.cast(change, rate.dtype),
+                    tf.cast(lr, rate.dtype),
+                    tf.cast(optimizer.iterations, rate.dtype),
                 )
             p = _stats.part(
                 rate,
