@@ -1,0 +1,199 @@
+"""The optimizer step of this checkout against that of another commit, paired in one run.
+
+    python bench/compare_versions.py --base 87bf8d3 [--repeats 21] [--regimes abc]
+        [--modes graph,xla] [--optimizers SGD,Adam] [--json results.json]
+
+For every cell of `optimizer_step.py`'s tables (regimes a, b, c; graph and XLA; our
+optimizer in Keras' convention, `Cls.like("keras")`, in the default slot layout and,
+in b and c, with `flat_slots=True`), two worker processes, one importing
+keras_optlab from this checkout and one from `--base` (unpacked with `git archive`),
+build the same step on the same variables, and the driver times them back to back,
+alternating which goes first. Each figure is the median of the paired ratios
+**new time / base time** (below 1: this checkout is faster) with its 95% interval
+(`common.median_interval`). Both workers run on the same machine at the same time, so
+the machine's drift cancels in each pair. Also for the keras_optlab side of
+`optimizer_step.py --regimes ""` (end-to-end `model.fit` of the lab's MLP with Adam).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from common import median_interval, write_json  # noqa: E402
+
+OPTIMIZERS = ("SGD", "Momentum", "NAG", "Adagrad", "RMSProp", "Adam")
+
+
+# ------------------------------------------------------------- worker side
+def _worker():
+    """Reads commands (JSON lines) on stdin, answers on stdout; keras_optlab is
+    whatever PYTHONPATH points to."""
+    import gc
+
+    from optimizer_step import Stepper, regime_shapes
+
+    import keras_optlab as ko
+
+    shapes, steppers = {}, {}
+    reply = sys.stdout
+    sys.stdout = sys.stderr  # nothing else may write on the answer channel
+    for line in sys.stdin:
+        command = json.loads(line)
+        kind = command["cmd"]
+        if kind == "build":
+            regime = command["regime"]
+            if regime not in shapes:
+                shapes[regime] = regime_shapes(regime)
+            cls = getattr(ko, command["optimizer"])
+            kwargs = {"momentum": 0.9} if command["optimizer"] in ("Momentum", "NAG") else {}
+            optimizer = cls.like("keras", flat_slots=command["flat"], **kwargs)
+            jit = command["mode"] == "xla"
+            steppers[command["key"]] = Stepper(optimizer, shapes[regime], jit, command["steps"])
+            answer = {"version": ko.__file__}
+        elif kind == "time":
+            stepper = steppers[command["key"]]
+            start = time.perf_counter()
+            stepper()
+            answer = {"seconds": time.perf_counter() - start}
+        elif kind == "drop":
+            steppers.pop(command["key"], None)
+            gc.collect()
+            answer = {}
+        elif kind == "fit":
+            answer = {"seconds": _fit_seconds(ko)}
+        else:
+            break
+        reply.write(json.dumps(answer) + "\n")
+        reply.flush()
+
+
+_FIT = {}
+
+
+def _fit_seconds(ko):
+    """One 3-epoch `fit` of the lab's MLP on digits with our Adam in Keras' convention."""
+    from keras_optlab.lab import data, training
+
+    if not _FIT:
+        dataset = data.load("digits")
+        model = training.build_model(dataset, "mlp", seed=0)
+        training.compile_for(model, dataset, ko.Adam.like("keras"))
+        _FIT.update(model=model, dataset=dataset)
+        _fit_seconds(ko)  # trace and compile
+    model, dataset = _FIT["model"], _FIT["dataset"]
+    start = time.perf_counter()
+    model.fit(dataset.x_train, dataset.y_train, epochs=3, batch_size=32, verbose=0)
+    return time.perf_counter() - start
+
+
+# ------------------------------------------------------------- driver side
+class Worker:
+    def __init__(self, root, name):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, HERE]), TF_CPP_MIN_LOG_LEVEL="3")
+        self.name = name
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=HERE,
+        )
+
+    def ask(self, **command):
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.name} worker ended (its messages are above)")
+        return json.loads(line)
+
+    def close(self):
+        self.process.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+        self.process.stdin.flush()
+        self.process.wait(timeout=60)
+
+
+def _paired(new, base, repeats, **command):
+    """new time / base time, `repeats` pairs alternating which goes first."""
+    ratios = []
+    for i in range(repeats):
+        order = (new, base) if i % 2 == 0 else (base, new)
+        seconds = {worker.name: worker.ask(**command)["seconds"] for worker in order}
+        ratios.append(seconds["new"] / seconds["base"])
+    return ratios
+
+
+def _cells(args):
+    """(key, build command) of every cell of the tables asked for."""
+    for regime in args.regimes:
+        steps = args.steps or (3 if regime == "a" else 30)
+        for name in args.optimizers.split(","):
+            for mode in args.modes.split(","):
+                for flat in (False, True) if regime != "a" else (False,):
+                    key = f"{regime}/{name}/{mode}/{'flat' if flat else 'default'}"
+                    yield (
+                        key,
+                        {"regime": regime, "optimizer": name, "mode": mode, "flat": flat, "steps": steps},
+                    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True, help="the commit to compare against (git rev)")
+    parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--regimes", default="abc")
+    parser.add_argument("--modes", default="graph,xla")
+    parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
+    parser.add_argument("--steps", type=int, default=None, help="steps a sample (default: 3 in (a), else 30)")
+    parser.add_argument("--no-fit", action="store_true", help="skip the end-to-end fit comparison")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+
+    base_dir = tempfile.mkdtemp(prefix="optlab-base-")
+    git = ["git", "-C", ROOT]
+    archive = subprocess.run([*git, "archive", args.base], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", base_dir], input=archive.stdout, check=True)
+    commit = subprocess.run([*git, "rev-parse", "--short", args.base], capture_output=True, text=True)
+    new, base = Worker(ROOT, "new"), Worker(base_dir, "base")
+    results = {"base": commit.stdout.strip(), "repeats": args.repeats, "cells": {}}
+    print(f"new time / base time ({results['base']}), median of {args.repeats} pairs [95% interval]")
+    try:
+        for key, command in _cells(args):
+            for worker in (new, base):
+                worker.ask(cmd="build", key=key, **command)
+            median, low, high = median_interval(_paired(new, base, args.repeats, cmd="time", key=key))
+            results["cells"][key] = {"median": median, "low": low, "high": high}
+            print(f"  {key:32s} {median:6.3f} [{low:.3f}, {high:.3f}]", flush=True)
+            for worker in (new, base):
+                worker.ask(cmd="drop", key=key)
+        if not args.no_fit:
+            median, low, high = median_interval(_paired(new, base, args.repeats, cmd="fit"))
+            results["fit"] = {"median": median, "low": low, "high": high}
+            print(f"  {'fit, lab MLP, Adam':32s} {median:6.3f} [{low:.3f}, {high:.3f}]")
+    finally:
+        new.close()
+        base.close()
+    medians = [cell["median"] for cell in results["cells"].values()]
+    if medians:
+        print(f"\nmedians {min(medians):.3f} to {max(medians):.3f} over {len(medians)} cells")
+    if args.json:
+        write_json(args.json, results)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    if "--worker" in sys.argv:
+        _worker()
+    else:
+        main()
