@@ -28,9 +28,10 @@ LAYOUTS = {
     "default": {},
     "flat slots": {"flat_slots": True},
     "flat slots, op by op": {"flat_slots": True, "fused_update": False},
-    "compiled groups": {"fused_update": "compiled_group"},
-    "flat slots, compiled groups": {"flat_slots": True, "fused_update": "compiled_group"},
 }
+if TF:  # (elsewhere a group is never compiled: these would repeat the two above)
+    LAYOUTS["compiled groups"] = {"fused_update": "compiled_group"}
+    LAYOUTS["flat slots, compiled groups"] = {"flat_slots": True, "fused_update": "compiled_group"}
 # Each optimizer with weight decay (decoupled, or coupled: the weights enter the
 # gradient), and the switches that add slots.
 CASES = [Case(cls, {"weight_decay": 0.01}) for cls in RULES] + [

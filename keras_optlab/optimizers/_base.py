@@ -2,8 +2,9 @@
 
 An optimizer's own file holds its rule (`_rule.py` says what a rule provides);
 this class holds what Keras needs around it: the arguments and their checks, the
-presets (`like`), the config, the slots (`_layout.py`), the state a user reads,
-and the reference driver, which every other driver (`_paths.py`) is held to.
+presets (`like`), the config, the slots (`_layout.py`; a user reads them through
+`_state.py`), and the reference driver, which every other driver (`_paths.py`) is
+held to.
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import keras
-import numpy as np
 from keras import ops
 
-from keras_optlab.optimizers import _decay, _groups, _kernel, _paths, _saving, _sparse, _xla
+from keras_optlab.optimizers import _decay, _groups, _layout, _paths, _saving, _sparse
 from keras_optlab.optimizers._layout import SlotLayout
 from keras_optlab.optimizers._rule import Rule
+from keras_optlab.optimizers._state import StateAccess
 from keras_optlab.optimizers._validation import (
     check_bool,
     check_float,
+    check_fused_update,
     check_in_dtypes,
     check_int,
     check_learning_rate,
@@ -30,7 +32,7 @@ FRAMEWORKS = ("keras", "pytorch", "optax")
 _FRAMEWORK_ALIASES = {"torch": "pytorch", "tf": "keras", "tensorflow": "keras"}
 
 
-class OptlabOptimizer(Rule, keras.optimizers.Optimizer):
+class OptlabOptimizer(Rule, StateAccess, keras.optimizers.Optimizer):
     """Base class of the keras_optlab optimizers.
 
     Besides Keras' own arguments (`weight_decay`, `clipnorm`, `clipvalue`,
@@ -106,7 +108,7 @@ class OptlabOptimizer(Rule, keras.optimizers.Optimizer):
         if name is not None and not isinstance(name, str):
             raise TypeError(f"`name` must be a string or None. Received: name={name!r}")
         coupled_weight_decay = check_bool("coupled_weight_decay", coupled_weight_decay)
-        fused_update = _check_fused_update(fused_update)
+        fused_update = check_fused_update(fused_update, _paths.DRIVERS)
         flat_slots = check_bool("flat_slots", flat_slots)
         if flat_slots and not self.elementwise:
             raise ValueError(f"`flat_slots=True` needs an element-wise rule; {type(self).__name__}'s is not.")
@@ -185,112 +187,25 @@ class OptlabOptimizer(Rule, keras.optimizers.Optimizer):
         if self.built:
             return
         if self.flat_slots:
-            _refuse_strategy()
+            _layout.refuse_strategy()
         check_in_dtypes(self, var_list)
         _decay.exclude_indices(self, var_list)
         super().build(var_list)
         self._layout = SlotLayout(self, var_list, self.flat_slots)
         if self._deferred_load is not None:
             deferred, self._deferred_load = self._deferred_load, None
-            self._assign_loaded(_saving.loadable(self, *deferred))
-
-    # ------------------------------------------------ state, for users and diagnostics
-    def slot(self, name: str, variable):
-        """The slot `name` (e.g. "cache") of `variable`: a variable, or, for a small
-        variable with `flat_slots`, a read-only view of its part of the buffer."""
-        return self.state(variable)[name]
-
-    def state(self, variable) -> dict:
-        """The optimizer's state of `variable`: a dict from slot name to variable
-        (to a read-only view, for a small variable with `flat_slots`).
-
-        Empty for SGD, `{"velocity"}` for Momentum and NAG, `{"cache"}` for Adagrad,
-        `{"cache", "mean_gradient", "momentum"}` for RMSProp (the last two when
-        centered or with momentum), `{"m", "v", "v_max"}` for Adam (v_max with amsgrad).
-        """
-        self._require_known(variable)
-        return self._layout.state(variable)
-
-    def effective_learning_rate(self, variable, learning_rate=None):
-        """The per-element factor that multiplies the rule's direction, shaped as `variable`.
-
-        Computed from the current state by the rule's own `rate`, the function its
-        step uses, at `learning_rate` (a float >= 0 or a 0-d tensor; default: the
-        optimizer's current learning rate, which under a schedule is the next
-        step's) and at the step count of the most recent step.
-        """
-        state = self.state(variable)
-        if learning_rate is not None and not _symbolic(learning_rate):
-            learning_rate = check_float("learning_rate", learning_rate, "[0, inf)")
-        lr = self.learning_rate if learning_rate is None else learning_rate
-        return self.rate_from_state(state, lr, self.iterations, variable)
-
-    def rate_from_state(self, state: dict, learning_rate, iterations, variable):
-        """The effective learning rate for slot values `state` (a dict as `state()`
-        returns, or a Keras built-in's slots), after `iterations` steps, the last one
-        taken at `learning_rate`."""
-        dtype = self.compute_dtype(variable)
-        state = {name: ops.cast(value, dtype) for name, value in state.items()}
-        t = ops.cast(ops.maximum(iterations, 1), dtype)
-        return ops.broadcast_to(self.rate(state, ops.cast(learning_rate, dtype), t), variable.shape)
-
-    def initial_state_mask(self, variable):
-        """True where the element's cache still holds its initial value: no non-zero
-        gradient seen yet (an unused embedding row, say), or a cache that decayed
-        back to it. There the effective learning rate is the degenerate `lr / eps`.
-        All False for optimizers without a cache."""
-        return self.initial_mask_from_state(self.state(variable), variable)
-
-    def initial_mask_from_state(self, state: dict, variable):
-        """`initial_state_mask` for slot values `state` held elsewhere."""
-        mask = self.still_initial(state)
-        return ops.zeros(variable.shape, "bool") if mask is None else mask
-
-    def _require_known(self, variable):
-        if not self.built:
-            raise ValueError(
-                f"{type(self).__name__} has no state yet: build it first with "
-                "`optimizer.build(model.trainable_variables)` or train a step."
-            )
-        if isinstance(variable, np.ndarray) or not hasattr(variable, "shape"):
-            raise TypeError(
-                "`variable` must be one of the variables this optimizer was built for. "
-                f"Received: variable={variable!r} of type {type(variable).__name__}"
-            )
-        if self._var_key(variable) not in self._trainable_variables_indices:
-            paths = [v.path for v in self._trainable_variables]
-            listed = ", ".join(paths[:6]) + (", ..." if len(paths) > 6 else "")
-            raise ValueError(
-                f"`variable` {getattr(variable, 'path', variable)!r} is not one of the {len(paths)} "
-                f"variables this optimizer was built for ({listed})."
-            )
+            _saving.assign(self, _saving.loadable(self, *deferred))
 
     # ------------------------------------------------------------ the step
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        """Each variable's step through the driver `_paths.plan` chooses, with the
-        learning rate and the step count computed once per dtype."""
+        """Each variable's step through the driver `_paths.plan` chooses."""
         if self.flat_slots:
-            _refuse_strategy()
+            _layout.refuse_strategy()
         routes = _paths.plan(self, grads, trainable_variables)
         self.update_plan = _paths.describe(routes, trainable_variables)
         if routes is None:  # Keras' own path, `update_step` per variable
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
-        scalars = {}
-        for route in routes:
-            dtype = self.compute_dtype(route.variable)
-            if dtype not in scalars:
-                scalars[dtype] = (ops.cast(learning_rate, dtype), ops.cast(self.iterations + 1, dtype))
-            lr, t = scalars[dtype]
-            if route.driver in ("group", "compiled_group"):
-                buffers = self._layout.buffers_of(route.variable)
-                compiled = route.driver == "compiled_group"
-                _groups.step(self, route.variable, route.gradient, lr, t, buffers, compiled)
-            elif route.driver == "kernel":
-                _kernel.step(self, route.gradient, route.variable, lr, t)
-            elif route.driver == "xla":
-                _xla.step(self, route.gradient, route.variable, lr, t)
-            else:
-                self._step_variable(route.gradient, route.variable, lr, t)
+        _paths.run(self, routes, learning_rate)
 
     def update_step(self, gradient, variable, learning_rate):
         """Keras' step of one variable (its distributed path calls it): the reference driver."""
@@ -375,13 +290,7 @@ class OptlabOptimizer(Rule, keras.optimizers.Optimizer):
         if not self.built:
             self._deferred_load = snapshot
             return
-        self._assign_loaded(_saving.loadable(self, *snapshot))
-
-    def _assign_loaded(self, values):
-        """Assigns loaded values, once, also where `build` runs inside a traced step."""
-        with _eagerly():
-            for variable, value in zip(self.variables, values, strict=True):
-                variable.assign(value)
+        _saving.assign(self, _saving.loadable(self, *snapshot))
 
     def get_config(self):
         config = super().get_config()
@@ -390,49 +299,3 @@ class OptlabOptimizer(Rule, keras.optimizers.Optimizer):
         config["flat_slots"] = self.flat_slots
         config["exclude_from_weight_decay"] = _decay.exclusion_config(self)
         return config
-
-
-def _check_fused_update(value):
-    """True, False, or a driver's name ("reference" is False)."""
-    if isinstance(value, str) and value in _paths.DRIVERS:
-        return False if value == "reference" else value
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(
-            f"`fused_update` must be a bool. Received: fused_update={value!r} (for tests and benchmarks, "
-            f"a driver's name is accepted too: {list(_paths.DRIVERS)})"
-        )
-    return bool(value)
-
-
-def _eagerly():
-    """A context in which TensorFlow runs operations at once, also inside a trace."""
-    if keras.backend.backend() != "tensorflow":
-        import contextlib
-
-        return contextlib.nullcontext()
-    import tensorflow as tf
-
-    return tf.init_scope()
-
-
-def _symbolic(tensor) -> bool:
-    """True for a tensor without a value yet (traced in a graph)."""
-    try:
-        np.asarray(tensor)
-    except Exception:
-        return True
-    return False
-
-
-def _refuse_strategy():
-    """A ValueError under a tf.distribute strategy: flat buffers are not distributed variables."""
-    if keras.backend.backend() != "tensorflow":
-        return
-    import tensorflow as tf
-
-    if tf.distribute.has_strategy():
-        strategy = type(tf.distribute.get_strategy()).__name__
-        raise ValueError(
-            "`flat_slots=True` cannot be used under a tf.distribute strategy: the flat buffers "
-            f"are not distributed variables. Received: flat_slots=True inside {strategy}'s scope."
-        )

@@ -15,6 +15,7 @@ variables, so that epsilon (1e-8 is 0 in float16) never underflows.
 
 from __future__ import annotations
 
+import keras
 from keras import ops
 
 from keras_optlab.optimizers import _paths
@@ -138,3 +139,17 @@ def entries(optimizer, flat: bool) -> list:
                 out.append((slot.name, None, index))
         out.extend((slot.name, group, None) for group in groups)
     return out
+
+
+def refuse_strategy():
+    """A ValueError under a tf.distribute strategy: flat buffers are not distributed variables."""
+    if keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    if tf.distribute.has_strategy():
+        strategy = type(tf.distribute.get_strategy()).__name__
+        raise ValueError(
+            "`flat_slots=True` cannot be used under a tf.distribute strategy: the flat buffers "
+            f"are not distributed variables. Received: flat_slots=True inside {strategy}'s scope."
+        )

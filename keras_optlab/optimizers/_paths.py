@@ -159,3 +159,28 @@ def _in_xla_context() -> bool:
     except ImportError:  # pragma: no cover - a TensorFlow without this (private) helper
         return False
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def run(optimizer, routes, learning_rate) -> None:
+    """Takes the step of each route through its driver, with the learning rate and the
+    step count computed once per dtype."""
+    from keras import ops
+
+    from keras_optlab.optimizers import _groups, _kernel, _xla
+
+    scalars = {}
+    for route in routes:
+        dtype = optimizer.compute_dtype(route.variable)
+        if dtype not in scalars:
+            scalars[dtype] = (ops.cast(learning_rate, dtype), ops.cast(optimizer.iterations + 1, dtype))
+        lr, t = scalars[dtype]
+        if route.driver in ("group", "compiled_group"):
+            buffers = optimizer._layout.buffers_of(route.variable)
+            compiled = route.driver == "compiled_group"
+            _groups.step(optimizer, route.variable, route.gradient, lr, t, buffers, compiled)
+        elif route.driver == "kernel":
+            _kernel.step(optimizer, route.gradient, route.variable, lr, t)
+        elif route.driver == "xla":
+            _xla.step(optimizer, route.gradient, route.variable, lr, t)
+        else:
+            optimizer._step_variable(route.gradient, route.variable, lr, t)

@@ -20,6 +20,7 @@ restart from zero is the one outcome not allowed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 
@@ -208,3 +209,16 @@ def _converted(optimizer, values, first, entries, ours) -> dict:
             pieces = [parts[name, indices[optimizer._var_key(v)]].reshape(-1) for v in group.variables]
             out[str(first + k)] = np.concatenate(pieces)
     return out
+
+
+def assign(optimizer, values) -> None:
+    """Assigns loaded values to the optimizer's variables, once, also where `build` runs
+    inside a traced step (TensorFlow then runs the assignments at once)."""
+    context = contextlib.nullcontext()
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        context = tf.init_scope()
+    with context:
+        for variable, value in zip(optimizer.variables, values, strict=True):
+            variable.assign(value)

@@ -157,3 +157,45 @@ def check_in_dtypes(optimizer, var_list) -> None:
         where = f" for {'/'.join(sorted(sources))} variables"
         for name, interval in checks.items():
             check_in_dtype(name, getattr(optimizer, name), interval, dtype, where)
+
+
+def check_fused_update(value, drivers):
+    """True, False, or a driver's name ("reference" is False)."""
+    if isinstance(value, str) and value in drivers:
+        return False if value == "reference" else value
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(
+            f"`fused_update` must be a bool. Received: fused_update={value!r} (for tests and benchmarks, "
+            f"a driver's name is accepted too: {list(drivers)})"
+        )
+    return bool(value)
+
+
+def check_variable(optimizer, variable) -> None:
+    """Raises unless `optimizer` is built and `variable` is one of its variables."""
+    if not optimizer.built:
+        raise ValueError(
+            f"{type(optimizer).__name__} has no state yet: build it first with "
+            "`optimizer.build(model.trainable_variables)` or train a step."
+        )
+    if isinstance(variable, np.ndarray) or not hasattr(variable, "shape"):
+        raise TypeError(
+            "`variable` must be one of the variables this optimizer was built for. "
+            f"Received: variable={variable!r} of type {type(variable).__name__}"
+        )
+    if optimizer._var_key(variable) not in optimizer._trainable_variables_indices:
+        paths = [v.path for v in optimizer._trainable_variables]
+        listed = ", ".join(paths[:6]) + (", ..." if len(paths) > 6 else "")
+        raise ValueError(
+            f"`variable` {getattr(variable, 'path', variable)!r} is not one of the {len(paths)} "
+            f"variables this optimizer was built for ({listed})."
+        )
+
+
+def is_symbolic(tensor) -> bool:
+    """True for a tensor without a value yet (traced in a graph)."""
+    try:
+        np.asarray(tensor)
+    except Exception:
+        return True
+    return False
