@@ -50,8 +50,8 @@ class Lion(OptlabOptimizer):
         m = beta_2 * state["m"] + (1 - beta_2) * g  # m = b2*m + (1-b2)*g
         return -(lr * ops.sign(c)), {"m": m}  # w -= lr * sign(c)
 
-    def gradient_squared(self, before, after, change, lr, t):
-        return ops.square((after["m"] - self.beta_2 * before["m"]) / (1 - self.beta_2))
+    def gradient(self, before, after, change, lr, t):
+        return (after["m"] - self.beta_2 * before["m"]) / (1 - self.beta_2)  # m = b2*m + (1-b2)*g
 
     def get_config(self):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2}

@@ -11,10 +11,11 @@ A rule is pure and element-wise. It names its slots (`slots`) and computes, in
   reference driver, `_paths.py` says which other drivers exist).
 - `rate(state, lr, t)`: the effective learning rate, the factor that multiplies
   the rule's direction, from the slots after step `t` taken at `lr`.
-- `gradient_squared(before, after, change, lr, t)`: g^2 of step `t`, recovered
+- `gradient(before, after, change, lr, t)`: the gradient of step `t`, recovered
   from the slots before and after it (and the weights' `change`, None where it is
-  not the rule's alone), or None where the rule does not allow it. The diagnostics
-  use it, given the learning rate of that step.
+  not the rule's alone), or None where the slots do not tell its sign;
+  `gradient_squared` (from `gradient` by default) where they tell only its square
+  (Adagrad's cache). The diagnostics use them, given the learning rate of that step.
 
 Element-wise means: each element's new values depend on that element's gradient
 and state, and on scalars. Drivers rely on it: a group of small variables runs
@@ -27,7 +28,11 @@ rule (a test holds it to `step` over whole trajectories); `row_local`, where a
 zero gradient leaves a row's weights and slots unchanged (a sparse gradient then
 updates only its rows); `group_small`, where running the rule once for all small
 variables pays (`_paths.py` says where that was measured); `state_meaning()`, the
-settings that give the slots their meaning, checked when a saved state is loaded.
+settings that give the slots their meaning, checked when a saved state is loaded;
+`convert_state(other, state, lr)`, the state as the same rule in another convention
+holds it; `denominator(state, lr, t)` and `terms(state, lr, t)`, for a rule that
+divides by a root of its history, what `explain_update` and the diagnostics show
+of it (the history's root and epsilon, and named intermediate terms).
 """
 
 from __future__ import annotations
@@ -80,9 +85,15 @@ class Rule:
                 return ops.equal(cache, ops.cast(slot.initial, cache.dtype))
         return None
 
+    def gradient(self, before: dict, after: dict, change, lr, t):
+        """The gradient of the step from `before` to `after`, or None where the slots
+        (and the weights' `change`, None where it is not the rule's alone) do not tell it."""
+        return None
+
     def gradient_squared(self, before: dict, after: dict, change, lr, t):
         """g^2 of the step from `before` to `after`, or None where it cannot be told."""
-        return None
+        g = self.gradient(before, after, change, lr, t)
+        return None if g is None else ops.square(g)
 
     def kernel(self):
         """A callable `(variable, slots, g, lr, t)` that takes the step through a fused
@@ -92,6 +103,41 @@ class Rule:
     def state_meaning(self) -> dict:
         """The settings that give the slots their meaning (recorded in saved files)."""
         return {}
+
+    def convert_state(self, other, state: dict, lr):
+        """`state` (after a step taken at `lr`) as `other`, the same rule with other
+        settings (another convention), would hold it; None where no mapping exists.
+        By default the same values, where the slots and their meaning agree."""
+        same_slots = [s.name for s in other.slots()] == [s.name for s in self.slots()]
+        if type(other) is not type(self) or not same_slots or other.state_meaning() != self.state_meaning():
+            return None
+        return dict(state)
+
+    def denominator(self, state: dict, lr, t):
+        """For a rule that divides by the root of a history of squared gradients:
+        `(root, epsilon)`, the denominator split into the root of the history and
+        what epsilon adds to it (`eps`, or `sqrt(s + eps) - sqrt(s)` where epsilon
+        sits inside the root), so that the denominator is their sum and epsilon sets
+        it where `epsilon >= root`. None for other rules."""
+        return None
+
+    def terms(self, state: dict, lr, t) -> dict:
+        """Named intermediate terms of a step (bias corrections, say), for `explain_update`."""
+        return {}
+
+    def explain(self, g, state: dict, lr, t) -> dict:
+        """The terms of one step on `g` from `state`, computed without applying it: the
+        gradient, each slot's new value, the rule's own `terms`, the denominator's parts
+        and epsilon's share of it, the effective rate and the update."""
+        delta, new = self.step(g, state, lr, t)
+        out = {"gradient": g, **new, **self.terms(new, lr, t)}
+        parts = self.denominator(new, lr, t)
+        if parts is not None:
+            root, epsilon = parts
+            out.update({"sqrt(history)": root, "epsilon's part": epsilon})
+            out["epsilon's share"] = epsilon / (root + epsilon)
+        out.update({"effective rate": self.rate(new, lr, t), "update": delta})
+        return out
 
     def slot_named(self, role: str) -> str | None:
         """The name of the slot with `role`, or None."""

@@ -97,7 +97,22 @@ class Adagrad(OptlabOptimizer):
         return lr / (1 + (t - 1) * self.hyper(self.lr_decay, lr.dtype)) if self.lr_decay else lr
 
     def gradient_squared(self, before, after, change, lr, t):
-        return after["cache"] - before["cache"]
+        return after["cache"] - before["cache"]  # c += g^2: only the square is told
+
+    def denominator(self, state, lr, t):
+        cache, eps = state["cache"], self.hyper(self.epsilon, lr.dtype)
+        root = ops.sqrt(cache)
+        return root, (ops.sqrt(cache + eps) - root if self.epsilon_inside_sqrt else eps + 0 * root)
+
+    def terms(self, state, lr, t):
+        return {"decayed learning rate": self._decayed(lr, t)} if self.lr_decay else {}
+
+    def convert_state(self, other, state, lr):
+        """The same sum of squared gradients from another initial value."""
+        if type(other) is not type(self):
+            return None
+        shift = other.initial_accumulator_value - self.initial_accumulator_value
+        return {"cache": state["cache"] + self.hyper(shift, state["cache"].dtype)}
 
     def kernel(self):
         return None if self.epsilon_inside_sqrt else self._adagrad_kernel

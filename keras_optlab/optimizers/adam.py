@@ -111,15 +111,8 @@ class Adam(OptlabOptimizer):
         return -(self.rate(new, lr, t) * (m * correction_1)), new  # w -= rate * m_hat
 
     def rate(self, state, lr, t):
-        """eta / (sqrt(v_hat) + eps_hat), eps_hat = eps / sqrt(1 - beta_2^t) if epsilon_hat."""
-        _, correction_2 = self._corrections(t, lr.dtype)
-        if self.amsgrad and self.amsgrad_max == "corrected":
-            v_hat = state["v_max"]
-        else:
-            v_hat = state["v_max" if self.amsgrad else "v"] * correction_2
-        eps = self.hyper(self.epsilon, lr.dtype)
-        eps_hat = eps * ops.sqrt(correction_2) if self.epsilon_hat else eps
-        return lr / (ops.sqrt(v_hat) + eps_hat)
+        root, eps_hat = self.denominator(state, lr, t)
+        return lr / (root + eps_hat)  # eta / (sqrt(v_hat) + eps_hat)
 
     def _powers(self, t, dtype):
         """(beta_1^t, beta_2^t), or (0, 0) without bias correction."""
@@ -136,8 +129,29 @@ class Adam(OptlabOptimizer):
         p_1, p_2 = self._powers(t, dtype)
         return 1 / (1 - p_1), 1 / (1 - p_2)
 
-    def gradient_squared(self, before, after, change, lr, t):
-        return (after["v"] - self.beta_2 * before["v"]) / (1 - self.beta_2)
+    def gradient(self, before, after, change, lr, t):
+        return (after["m"] - self.beta_1 * before["m"]) / (1 - self.beta_1)  # m = b1*m + (1-b1)*g
+
+    def denominator(self, state, lr, t):
+        """(sqrt(v_hat), eps_hat), eps_hat = eps / sqrt(1 - beta_2^t) if epsilon_hat."""
+        _, correction_2 = self._corrections(t, lr.dtype)
+        if self.amsgrad and self.amsgrad_max == "corrected":
+            v_hat = state["v_max"]
+        else:
+            v_hat = state["v_max" if self.amsgrad else "v"] * correction_2
+        eps = self.hyper(self.epsilon, lr.dtype)
+        return ops.sqrt(v_hat), eps * ops.sqrt(correction_2) if self.epsilon_hat else eps
+
+    def terms(self, state, lr, t):
+        correction_1, correction_2 = self._corrections(t, lr.dtype)
+        return {"1 / (1 - beta_1^t)": correction_1, "1 / (1 - beta_2^t)": correction_2}
+
+    def convert_state(self, other, state, lr):
+        """m and v mean the same in every convention; a maximum over raw v cannot be
+        turned into one over corrected v (nor back): no mapping with amsgrad."""
+        if type(other) is not type(self) or other.slots() != self.slots():
+            return None
+        return None if self.amsgrad and other.amsgrad_max != self.amsgrad_max else dict(state)
 
     def kernel(self):
         return None if self.amsgrad else self._adam_kernel

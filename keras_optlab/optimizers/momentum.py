@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 import keras
-from keras import ops
 
 from keras_optlab.optimizers._base import OptlabOptimizer
 from keras_optlab.optimizers._rule import MOMENTUM, Slot
@@ -70,10 +69,17 @@ class Momentum(OptlabOptimizer):
         v = mu * state["velocity"] + g  # v = mu*v + g
         return -(lr * v), {"velocity": v}  # w -= lr*v
 
-    def gradient_squared(self, before, after, change, lr, t):
+    def gradient(self, before, after, change, lr, t):
         v0, v1 = before["velocity"], after["velocity"]
-        g = (self.momentum * v0 - v1) / lr if self.lr_in_momentum else v1 - self.momentum * v0
-        return ops.square(g)
+        return (self.momentum * v0 - v1) / lr if self.lr_in_momentum else v1 - self.momentum * v0
+
+    def convert_state(self, other, state, lr):
+        """With the learning rate inside, the velocity is -lr times the one outside
+        (exactly so while the rate is constant; under a schedule, at this step's rate)."""
+        if type(other) is not type(self) or other.lr_in_momentum == self.lr_in_momentum:
+            return super().convert_state(other, state, lr)
+        v = state["velocity"]
+        return {"velocity": -v / lr if self.lr_in_momentum else -lr * v}
 
     def kernel(self):
         return self._momentum_kernel

@@ -113,7 +113,32 @@ class RMSProp(OptlabOptimizer):
         return ops.sqrt(s + eps) if self.epsilon_inside_sqrt else ops.sqrt(s) + eps
 
     def gradient_squared(self, before, after, change, lr, t):
-        return (after["cache"] - self.rho * before["cache"]) / (1 - self.rho)
+        return (after["cache"] - self.rho * before["cache"]) / (1 - self.rho)  # c = rho*c + (1-rho)*g^2
+
+    def gradient(self, before, after, change, lr, t):
+        """From the mean gradient when centered, else from the momentum buffer; plain
+        RMSProp's cache tells only g^2."""
+        if self.centered:
+            return (after["mean_gradient"] - self.rho * before["mean_gradient"]) / (1 - self.rho)
+        if self.momentum == 0:
+            return None
+        b = after["momentum"] - self.momentum * before["momentum"]  # r*g inside, g/denominator outside
+        return b / self.rate(after, lr, t) if self.lr_in_momentum else b * self._denominator(after)
+
+    def denominator(self, state, lr, t):
+        s = state["cache"] - ops.square(state["mean_gradient"]) if self.centered else state["cache"]
+        root = ops.sqrt(ops.relu(s))
+        return root, self._denominator(state) - root
+
+    def convert_state(self, other, state, lr):
+        """The momentum buffer with the learning rate inside is lr times the one outside."""
+        if type(other) is not type(self) or other.slots() != self.slots():
+            return None
+        state = dict(state)
+        if self.momentum > 0 and other.lr_in_momentum != self.lr_in_momentum:
+            b = state["momentum"]
+            state["momentum"] = b / lr if self.lr_in_momentum else b * lr
+        return state
 
     def state_meaning(self):
         return {"lr_in_momentum": self.lr_in_momentum} if self.momentum > 0 else {}  # the buffer's units

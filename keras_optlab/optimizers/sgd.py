@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import keras
-from keras import ops
 
 from keras_optlab.optimizers._base import OptlabOptimizer
 
@@ -39,8 +38,8 @@ class SGD(OptlabOptimizer):
     def step(self, g, state, lr, t):
         return -(lr * g), {}  # w -= lr * g
 
-    def gradient_squared(self, before, after, change, lr, t):
-        return None if change is None else ops.square(change / lr)
+    def gradient(self, before, after, change, lr, t):
+        return None if change is None else -change / lr  # the change is -lr * g
 
     def kernel(self):
         return _gradient_descent
