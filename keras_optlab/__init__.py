@@ -6,6 +6,18 @@ keras_optlab.Adam.like("pytorch")  # Adam as torch.optim.Adam computes it
 """
 
 from keras_optlab._version import __version__
+from keras_optlab.explain import explain_update
 from keras_optlab.optimizers import ALL, NAG, SGD, Adagrad, Adam, Momentum, OptlabOptimizer, RMSProp
 
-__all__ = ["ALL", "NAG", "SGD", "Adagrad", "Adam", "Momentum", "OptlabOptimizer", "RMSProp", "__version__"]
+__all__ = [
+    "ALL",
+    "NAG",
+    "SGD",
+    "Adagrad",
+    "Adam",
+    "Momentum",
+    "OptlabOptimizer",
+    "RMSProp",
+    "__version__",
+    "explain_update",
+]
