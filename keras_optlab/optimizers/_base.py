@@ -202,10 +202,12 @@ class OptlabOptimizer(Rule, StateAccess, keras.optimizers.Optimizer):
         if self.flat_slots:
             _layout.refuse_strategy()
         routes = _paths.plan(self, grads, trainable_variables)
-        self.update_plan = _paths.describe(routes, trainable_variables)
-        if routes is None:  # Keras' own path, `update_step` per variable
-            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        self.update_plan = _paths.describe(routes)
         _paths.run(self, routes, learning_rate)
+        rest = [route for route in routes if route.driver == "keras"]
+        if rest:  # Keras' own loop, `update_step` per variable
+            variables = [route.variable for route in rest]
+            super()._backend_update_step([route.gradient for route in rest], variables, learning_rate)
 
     def update_step(self, gradient, variable, learning_rate):
         """Keras' step of one variable (its distributed path calls it): the reference driver."""

@@ -69,25 +69,24 @@ class Route(NamedTuple):
     gradient: object  # its gradient, or the group's list of gradients (None: no gradient)
 
 
-def plan(optimizer, grads, variables) -> list[Route] | None:
-    """The route of each variable in this step; None where every variable takes the
-    reference driver, or under a tf.distribute strategy: Keras' own path then calls
-    `update_step` (the reference driver) for each variable, as it does for Keras'
-    own optimizers (and rounds as they do: a graph's rewrites depend on its shape)."""
+def plan(optimizer, grads, variables) -> list[Route]:
+    """The route of each variable in this step. A variable that takes the reference
+    driver outside the fast context (with `fused_update=False`, under XLA, under a
+    tf.distribute strategy, on the other backends) takes it through Keras' own
+    per-variable loop (driver "keras"), which calls `update_step`, as it does for
+    Keras' own optimizers (and so rounds as they do: a graph's rewrites depend on its
+    shape); in the fast context, through ours ("reference")."""
     from keras_optlab.optimizers._groups import make_groups
 
-    context = _context()
-    if context == "strategy":
-        return None
-    choice = optimizer.fused_update
-    fast = context == "graph" or context == "eager"  # TensorFlow, outside XLA
-    layout = optimizer._layout
+    context, choice, layout = _context(), optimizer.fused_update, optimizer._layout
+    fast = context in ("graph", "eager")  # TensorFlow, outside XLA and strategies
+    direct = fast and choice is not False
     routes, grouped = [], []
     for gradient, variable in zip(grads, variables, strict=True):
         if layout.grouped(variable):
             continue  # the flat layout's groups, below
         dense = not _sparse.is_indexed_slices(gradient)
-        forced_group = choice in ("group", "compiled_group")
+        forced_group = choice in ("group", "compiled_group") and context != "strategy"
         chosen_group = choice is True and fast and optimizer.group_small and is_small(variable)
         if optimizer.elementwise and (forced_group or chosen_group):
             grouped.append((gradient, variable))
@@ -96,27 +95,27 @@ def plan(optimizer, grads, variables) -> list[Route] | None:
         elif fast and dense and (choice == "xla" or (choice is True and not is_small(variable))):
             routes.append(Route("xla", variable, gradient))
         else:
-            routes.append(Route("reference", variable, gradient))
+            routes.append(Route("reference" if direct else "keras", variable, gradient))
     by_key = {optimizer._var_key(v): g for g, v in zip(grads, variables, strict=True)}
     group_routes = []
     for group in layout.groups + make_groups(optimizer, [v for _, v in grouped]):
         gradients = [by_key.get(optimizer._var_key(v)) for v in group.variables]
         if any(g is not None for g in gradients):
             group_routes.append(Route(_group_driver(choice, context, group), group, gradients))
-    if not group_routes and all(route.driver == "reference" for route in routes):
-        return None
     return group_routes + routes
 
 
-def describe(routes, variables) -> list[tuple[str, list[str]]]:
-    """The plan as (driver, variable paths), one entry per route (None: every variable
-    takes the reference driver, through Keras' own path)."""
-    if routes is None:
-        return [("reference", [_path(v) for v in variables])]
+def describe(routes) -> list[tuple[str, list[str]]]:
+    """The plan as (driver, variable paths), one entry per route ("keras": the reference
+    driver through Keras' own loop, shown as "reference")."""
     return [
-        (route.driver, [_path(v) for v in getattr(route.variable, "variables", [route.variable])])
+        ("reference" if route.driver == "keras" else route.driver, [_path(v) for v in _variables_of(route)])
         for route in routes
     ]
+
+
+def _variables_of(route) -> list:
+    return getattr(route.variable, "variables", [route.variable])
 
 
 def _path(variable) -> str:
@@ -163,13 +162,15 @@ def _in_xla_context() -> bool:
 
 def run(optimizer, routes, learning_rate) -> None:
     """Takes the step of each route through its driver, with the learning rate and the
-    step count computed once per dtype."""
+    step count computed once per dtype (the routes of Keras' own loop excepted)."""
     from keras import ops
 
     from keras_optlab.optimizers import _groups, _kernel, _xla
 
     scalars = {}
     for route in routes:
+        if route.driver == "keras":
+            continue
         dtype = optimizer.compute_dtype(route.variable)
         if dtype not in scalars:
             scalars[dtype] = (ops.cast(learning_rate, dtype), ops.cast(optimizer.iterations + 1, dtype))
