@@ -146,3 +146,80 @@ def sweep(results: dict, path, title: str, prior: float | None = None, prior_lab
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def lr_find(results, path, title: str, note: str | None = None) -> None:
+    """One panel per range test (`LRFinderResult`): each repeat's loss against the learning rate
+    (log axis, thin), their median and interquartile band, the fitted median curve, the
+    suggestion and its spread, and where each repeat diverged."""
+    columns = min(3, len(results))
+    rows = -(-len(results) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.4 * columns, 5.4 * rows), squeeze=False)
+    for ax in axes.flat[len(results) :]:
+        ax.set_visible(False)
+    for ax, result in zip(axes.flat, results, strict=False):
+        _lr_find_panel(ax, result)
+    fig.suptitle(f"{note}\n{title}" if note else title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _lr_find_panel(ax, result) -> None:
+    lrs = result.learning_rates
+    c = _colour(result.optimizer) or "tab:blue"
+    for i, row in enumerate(result.losses):
+        shown = np.where(np.isfinite(row), row, np.nan)
+        ax.plot(lrs, shown, color=c, linewidth=0.6, alpha=0.35, label="each repeat" if i == 0 else None)
+    band = np.isfinite(result.q25)
+    ax.fill_between(
+        lrs,
+        np.where(band, result.q25, np.nan),
+        np.where(np.isfinite(result.q75), result.q75, np.nan),
+        color=c,
+        alpha=0.2,
+        label="interquartile band",
+    )
+    ax.plot(lrs, np.where(np.isfinite(result.median), result.median, np.nan), color=c, label="median")
+    ax.plot(lrs, result.fit, color="black", linestyle="--", linewidth=1, label="fitted median")
+    start = float(np.nanmedian(result.initial_losses))
+    ax.axhline(start, color="gray", linestyle=":", linewidth=1, label=f"loss before the ramp: {start:.3g}")
+    if result.suggestion is not None:
+        low, high = result.spread
+        ax.axvspan(low, high, color="gold", alpha=0.3, label=f"repeats' suggestions: {low:.2g} to {high:.2g}")
+        ax.axvline(
+            result.suggestion, color="darkorange", linewidth=1.5, label=f"suggested: {result.suggestion:.2g}"
+        )
+    else:
+        ax.text(
+            0.03,
+            0.04,
+            f"no suggestion: {result.verdict}",
+            transform=ax.transAxes,
+            fontsize=8,
+            wrap=True,
+            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"},
+        )
+    diverged = [
+        (lr, row) for lr, row in zip(result.diverged_at, result.losses, strict=True) if lr is not None
+    ]
+    finite = result.losses[np.isfinite(result.losses)]
+    low_y = float(finite.min()) if finite.size else 0.0
+    top = max(start * 1.6, low_y * 1.1)
+    if diverged:
+        xs = [lr for lr, _ in diverged]
+        ax.plot(
+            xs,
+            [top * 0.97] * len(xs),
+            marker="v",
+            color="red",
+            linestyle="none",
+            label=f"diverged (smoothed loss > {result.divergence:g} x its lowest)",
+        )
+    ax.set_xscale("log")
+    ax.set_ylim(max(0.0, low_y - 0.1 * (top - low_y)) if low_y >= 0 else None, top)
+    ax.set(xlabel="learning rate", ylabel="training loss (batch after the step)")
+    repeats = len(result.seeds)
+    ax.set_title(f"{result.optimizer}: {repeats} repeat{'s' if repeats > 1 else ''}", fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
