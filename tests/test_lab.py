@@ -17,7 +17,7 @@ import pytest
 
 import keras_optlab as ko
 from keras_optlab.callbacks import OptimizerDiagnostics
-from keras_optlab.lab import cli, data, plots, surfaces, training
+from keras_optlab.lab import cli, data, plots, stability, surfaces, training
 from keras_optlab.lab.surfaces import SURFACES, default_learning_rate, oscillation, trajectory
 from tests.tb import last, read_run
 
@@ -112,9 +112,58 @@ def test_sweep_writes_plot_and_best_table(tmp_path, capsys):
     assert len(_read_csv(out_dir / "runs.csv")) == 4
 
 
+def test_lr_find_writes_table_plot_and_runs(tmp_path, capsys):
+    out_dir = tmp_path / "f"
+    argv = "lr-find --optimizers SGD,RMSProp --convention keras --steps 12 --seeds 2 --lr-min 1e-3 --lr-max 3"
+    code, out, err = _run(capsys, argv, out_dir)
+    assert code == 0, err
+    rows = _parse_table(out, "optimizer")
+    assert [r["optimizer"] for r in rows] == ["SGD", "RMSProp"]
+    assert _read_csv(out_dir / "suggestions.csv") == rows
+    for r in rows:
+        assert r["verdict"] == "ok" or r["suggested_lr"] == "-", r
+        if r["suggested_lr"] != "-":
+            assert float(r["lowest"]) <= float(r["suggested_lr"]) <= float(r["highest"])
+    assert "epsilon 1e-07 sits inside the square root" in out  # the note for Keras' RMSprop
+    assert (out_dir / "lr_find.png").stat().st_size > 20_000
+    events = read_run(out_dir / "RMSProp")
+    assert len(events["lr_find/learning_rate"]) == 12 and "lr_find/loss_seed_1" in events
+    _assert_tensorboard_command_runs_as_printed(out, out_dir)
+
+
+def test_stability_writes_map_and_table(tmp_path, capsys):
+    out_dir = tmp_path / "b"
+    argv = "stability --steps 60 --lr-points 12 --momentum-points 4 --lr-min 0.1 --momentum-max 0.9"
+    code, out, err = _run(capsys, argv, out_dir)
+    assert code == 0, err
+    rows = _parse_table(out, "optimizer")
+    assert [r["optimizer"] for r in rows] == ["Momentum", "NAG"]
+    assert all(int(r["boundary_cells_off"]) <= 1 and r["rows_within_one_cell"] == "4/4" for r in rows)
+    assert rows[0]["theory_momentum"] == "0.669" and rows[0]["theory_lr"] == "3.306"
+    cells = _read_csv(out_dir / "stability.csv")
+    assert len(cells) == 2 * 4 * 12 and {c["diverged"] for c in cells} == {"True", "False"}
+    assert (out_dir / "stability.png").stat().st_size > 20_000
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
+        (["lr-find", "--lr-min", "1", "--lr-max", "0.1"], "--lr-min must be below --lr-max, got 1 and 0.1"),
+        (["lr-find", "--steps", "4"], "--steps must be at least 5 (a curve to fit), got 4"),
+        (["lr-find", "--divergence", "1"], "--divergence must be above 1, got 1"),
+        (["lr-find", "--optimizers", "Adam,adam"], "--optimizers names Adam twice"),
+        (["lr-find", "--model", "cnn", "--dataset", "wine"], "--model cnn needs an image dataset"),
+        (["stability", "--optimizers", "Momentum,Adam"], "stability maps Momentum and NAG (SGD is their"),
+        (
+            ["stability", "--optimizers", "Lion"],
+            "unknown optimizer ['Lion']; choose from ['Momentum', 'NAG']",
+        ),
+        (["stability", "--kappa", "1"], "--kappa must be above 1, got 1"),
+        (["stability", "--tol", "2"], "--tol must be below 1 (a fraction of the initial loss), got 2"),
+        (["stability", "--momentum-max", "1"], "--momentum-max must be below 1, got 1"),
+        (["stability", "--lr-points", "1"], "--lr-points must be at least 2, got 1"),
+        (["stability", "--lr-min", "5", "--lr-max", "5"], "--lr-min must be below --lr-max, got 5 and 5"),
+        (["stability", "--tol", "0"], "argument --tol: must be a positive finite number, got '0'"),
         (["compare", "--optimizers", "Adamax"], "unknown optimizer ['Adamax']"),
         (["compare", "--dataset", "mnist"], "invalid choice: 'mnist'"),
         (["compare", "--epochs", "-3"], "must be a positive integer, got '-3'"),
@@ -523,7 +572,7 @@ def test_help_of_every_command_imports_neither_tensorflow_nor_keras():
     script = f"""
 import sys
 from {module} import {function} as main
-for argv in ([], ["compare"], ["surfaces"], ["sweep"]):
+for argv in ([], ["compare"], ["surfaces"], ["sweep"], ["lr-find"], ["stability"]):
     try:
         main([*argv, "--help"])
     except SystemExit as exit:
@@ -543,6 +592,8 @@ print("MODULES", sorted(m for m in ("tensorflow", "keras", "keras_optlab") if m 
     assert "6 optimizers x 9 points x 2 seeds = 108 fits" in helps
     assert f"--surface SURFACE comma-separated, from {', '.join(SURFACES)}; or 'all' (default: all)" in helps
     assert "not below the loss of predicting the class prior" in helps
+    assert "--seeds SEEDS repeats, seeds 0..N-1 (data orders) (default: 3)" in helps
+    assert "--optimizers OPTIMIZERS comma-separated, each at most once (default: Momentum,NAG)" in helps
 
 
 def test_the_parsers_static_lists_are_the_packages():
@@ -556,6 +607,7 @@ def test_the_parsers_static_lists_are_the_packages():
     assert static.IMAGE_DATASETS == tuple(n for n in data.DATASETS if data.load(n).image_shape is not None)
     assert static.MODELS == training.MODELS
     assert static.SURFACES == tuple(SURFACES)
+    assert static.STABILITY_RULES == stability.RULES
     assert static.version() == ko.__version__
 
 

@@ -1,4 +1,4 @@
-"""The commands of `keras-optlab`: compare, surfaces and sweep.
+"""The commands of `keras-optlab`: compare, surfaces, sweep, lr-find and stability.
 
 The command line itself (the parser, the checks of the arguments, exit codes) is the
 top-level module `keras_optlab_cli`, which imports this module, and with it TensorFlow,
@@ -18,11 +18,23 @@ import shlex
 import sys
 import warnings
 
+import numpy as np
+
 import keras_optlab as ko
 from keras_optlab._paths import why_unwritable
 from keras_optlab_cli import DEFAULT_LR, Interrupted, UsageError, main
 
-__all__ = ["Interrupted", "UsageError", "compare", "main", "surfaces", "sweep", "tensorboard_command"]
+__all__ = [
+    "Interrupted",
+    "UsageError",
+    "compare",
+    "lr_find",
+    "main",
+    "stability",
+    "surfaces",
+    "sweep",
+    "tensorboard_command",
+]
 
 CLASSES = {cls.__name__: cls for cls in ko.ALL}
 
@@ -473,6 +485,195 @@ def _sweep_report(fits, args, dataset, prior, out, partial: str | None = None) -
     runs_csv = os.path.join(out, f"runs{suffix}.csv")
     _write_csv(runs_csv, detail, list(detail[0]))
     print(f"\nwrote {figure}, {best_csv} and {runs_csv}")
+
+
+# ----------------------------------------------------------------- lr-find
+def lr_find(args) -> None:
+    from keras_optlab.callbacks import LRFinder
+    from keras_optlab.lab import data, training
+
+    classes = [CLASSES[name] for name in args.optimizer_names]
+    out = _out_dir(args, "lr-find")
+    dataset = data.load(args.dataset, seed=0)
+    model = training.build_model(dataset, args.model, seed=0)
+    os.makedirs(out, exist_ok=True)
+    results, current = [], None
+    progress = _Progress(len(classes))
+    try:
+        for i, cls in enumerate(classes):
+            current = cls.__name__
+            progress.show(i, f"range test of {current}")
+            # The rate the optimizer is built with does not matter: the finder ramps its own.
+            training.compile_for(model, dataset, _make(cls, args.convention, DEFAULT_LR[current]))
+            finder = LRFinder(
+                lr_min=args.lr_min,
+                lr_max=args.lr_max,
+                steps=args.steps,
+                seeds=args.seeds,
+                divergence=args.divergence,
+                batch_size=args.batch_size,
+                logdir=os.path.join(out, current),
+                verbose=False,
+            )
+            with _warnings_on_their_own_lines(progress, current):
+                results.append(finder.find(model, dataset.x_train, dataset.y_train))
+            current = None
+        progress.done()
+    except KeyboardInterrupt:
+        progress.end()
+        where = f"during {current}" if current else "between two range tests"
+        aside = _set_aside(os.path.join(out, current)) if current else None
+        kept = f" (its TensorBoard run: {aside})" if aside else ""
+        if not results:
+            raise Interrupted(
+                f"interrupted {where}, before any range test finished; no results written{kept}"
+            ) from None
+        note = f"{len(results)} of {len(classes)} optimizers finished; interrupted {where}"
+        _lr_find_report(results, dataset, args, out, partial=note)
+        raise Interrupted(
+            f"interrupted {where}; wrote the {len(results)} finished range test(s) to {out} (partial){kept}"
+        ) from None
+    finally:
+        progress.end()
+    _lr_find_report(results, dataset, args, out)
+
+
+def _lr_find_report(results, dataset, args, out, partial: str | None = None) -> None:
+    from keras_optlab.lab import plots
+
+    def rate(value):
+        return f"{value:.3g}" if value is not None else "-"
+
+    rows = []
+    for result in results:
+        low, high = result.spread or (None, None)
+        lowest = [f.lowest for f in result.repeat_fits if f.lowest is not None]
+        diverged = result.diverged_range()
+        rows.append(
+            {
+                "optimizer": result.optimizer,
+                "suggested_lr": rate(result.suggestion),
+                "lowest": rate(low),
+                "highest": rate(high),
+                "loss_lowest_at": rate(float(np.exp(np.median(np.log(lowest)))) if lowest else None),
+                "diverged_at": rate(diverged[0] if diverged else None),
+                "diverged_seeds": sum(r is not None for r in result.diverged_at),
+                "verdict": result.verdict.split(":")[0].replace(" ", "-"),
+            }
+        )
+    suffix = "-partial" if partial else ""
+    if partial:
+        print(f"\npartial: {partial}")
+    print(
+        f"\n{dataset.name}, {args.model}, batch {args.batch_size}, convention {args.convention}: "
+        f"learning rates {args.lr_min:g} to {args.lr_max:g} in {args.steps} steps, {args.seeds} seed(s); "
+        "suggested_lr: the median over the seeds of the rate of steepest descent of the fitted loss; "
+        "lowest and highest: the seeds' range; loss_lowest_at: the median rate of the fitted minimum; "
+        f"diverged_at: the median rate where a seed's smoothed loss exceeded {args.divergence:g} x its "
+        "lowest\n"
+    )
+    print(_table(rows, list(rows[0])))
+    for result in results:
+        if result.suggestion is None:
+            print(f"{result.optimizer}: no suggestion: {result.verdict}")
+    notes = [note for result in results for note in result.notes]
+    if notes:
+        print("\nconventions:")
+        for note in notes:
+            print(f"  {note}")
+    table = os.path.join(out, f"suggestions{suffix}.csv")
+    _write_csv(table, rows, list(rows[0]))
+    figure = os.path.join(out, f"lr_find{suffix}.png")
+    title = (
+        f"Learning-rate range test: {dataset.name}, {args.model}, batch {args.batch_size}, "
+        f"{args.steps} steps from {args.lr_min:g} to {args.lr_max:g}, {args.seeds} seed(s)"
+    )
+    plots.lr_find(results, figure, title, note=f"PARTIAL ({partial})" if partial else None)
+    print(f"\nwrote {figure} and {table}")
+    print(f"TensorBoard: {tensorboard_command(out)}   (then open http://localhost:6006)")
+
+
+# --------------------------------------------------------------- stability
+def stability(args) -> None:
+    import numpy as np
+
+    from keras_optlab.lab import plots
+    from keras_optlab.lab import stability as maps_of
+
+    out = _out_dir(args, "stability")
+    lrs = np.geomspace(args.lr_min, args.lr_max, args.lr_points)
+    momenta = np.linspace(0.0, args.momentum_max, args.momentum_points)
+    progress = _Progress(args.steps)
+    try:
+        with _warnings_on_their_own_lines(progress, "stability"):
+            maps = maps_of.measure(
+                args.rule_names,
+                kappa=args.kappa,
+                learning_rates=lrs,
+                momenta=momenta,
+                steps=args.steps,
+                tol=args.tol,
+                convention=args.convention,
+                progress=lambda done, total: progress.show(
+                    done, f"{', '.join(args.rule_names)}: step {done}"
+                ),
+            )
+        progress.done()
+    except KeyboardInterrupt:
+        progress.end()
+        raise Interrupted("interrupted during the stability maps; nothing written") from None
+    finally:
+        progress.end()
+    os.makedirs(out, exist_ok=True)
+    optimum = maps_of.polyak(args.kappa)
+    rows = []
+    for rule, m in maps.items():
+        off = np.abs(m.measured_boundary() - m.theory_boundary())
+        best = m.best()
+        rows.append(
+            {
+                "optimizer": rule,
+                "boundary_cells_off": f"{int(off.max())}",
+                "rows_within_one_cell": f"{int((off <= 1).sum())}/{len(off)}",
+                "best_momentum": f"{best[0]:.3f}" if best else "-",
+                "best_lr": f"{best[1]:.4g}" if best else "-",
+                "best_steps": best[2] if best else "-",
+                "theory_momentum": f"{optimum[1]:.3f}" if rule == "Momentum" else "-",
+                "theory_lr": f"{optimum[0]:.4g}" if rule == "Momentum" else "-",
+            }
+        )
+    lam = maps_of.eigenvalues(args.kappa)
+    print(
+        f"\nquadratic with kappa {args.kappa:g} ({len(lam)} eigenvalues from {lam[0]:.3g} to 1 = L), "
+        f"{args.steps} steps per cell, tol {args.tol:g}, convention {args.convention}; "
+        f"{args.lr_points} learning rates (x 1/L) from {args.lr_min:g} to {args.lr_max:g}, "
+        f"{args.momentum_points} momenta from 0 to {args.momentum_max:g}. boundary_cells_off: the "
+        "largest distance, in grid cells, between the first learning rate that diverged and the first "
+        "above the theory's bound, over the momenta; best: the cell that reached tol in the fewest "
+        "steps; theory: Polyak's optimal heavy ball\n"
+    )
+    print(_table(rows, list(rows[0])))
+    detail = [
+        {
+            "optimizer": rule,
+            "momentum": f"{beta:.4g}",
+            "lr": f"{lr:.4g}",
+            "steps_to_tol": int(m.steps_to_tol[i, j]) if m.steps_to_tol[i, j] > 0 else "-",
+            "diverged": bool(m.diverged[i, j]),
+        }
+        for rule, m in maps.items()
+        for i, beta in enumerate(m.momenta)
+        for j, lr in enumerate(m.learning_rates)
+    ]
+    table = os.path.join(out, "stability.csv")
+    _write_csv(table, detail, list(detail[0]))
+    figure = os.path.join(out, "stability.png")
+    title = (
+        f"Steps to {args.tol:g} x the initial loss on a quadratic, kappa = {args.kappa:g}, "
+        f"{args.steps} steps (keras_optlab's optimizers)"
+    )
+    plots.stability(maps, figure, title, polyak=optimum if "Momentum" in maps else None)
+    print(f"\nwrote {figure} and {table}")
 
 
 if __name__ == "__main__":

@@ -186,9 +186,11 @@ def _lr_find_panel(ax, result) -> None:
     ax.axhline(start, color="gray", linestyle=":", linewidth=1, label=f"loss before the ramp: {start:.3g}")
     if result.suggestion is not None:
         low, high = result.spread
-        ax.axvspan(low, high, color="gold", alpha=0.3, label=f"repeats' suggestions: {low:.2g} to {high:.2g}")
+        ax.axvspan(
+            low, high, color="#d4b8f0", alpha=0.5, label=f"repeats' suggestions: {low:.2g} to {high:.2g}"
+        )
         ax.axvline(
-            result.suggestion, color="darkorange", linewidth=1.5, label=f"suggested: {result.suggestion:.2g}"
+            result.suggestion, color="#6a1b9a", linewidth=1.5, label=f"suggested: {result.suggestion:.2g}"
         )
     else:
         ax.text(
@@ -223,3 +225,122 @@ def _lr_find_panel(ax, result) -> None:
     ax.set_title(f"{result.optimizer}: {repeats} repeat{'s' if repeats > 1 else ''}", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+
+
+def stability(maps: dict, path, title: str, polyak: tuple | None = None) -> None:
+    """One heatmap per rule (`StabilityMap`): steps to the tolerance over (eta L, momentum), the
+    diverged and the unfinished cells in colours of their own, the theory's boundary for L (and
+    for mu where it falls inside), Polyak's optimum (`polyak`: (eta* L, beta*)) on the heavy
+    ball's map and the best cell measured on each."""
+    from matplotlib import patheffects
+    from matplotlib.colors import ListedColormap, LogNorm
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    from keras_optlab.lab.stability import boundary
+
+    rules = list(maps)
+    fig, axes = plt.subplots(1, len(rules), figsize=(6.4 * len(rules), 5.8), squeeze=False)
+    steps = next(iter(maps.values())).steps
+    tol = next(iter(maps.values())).tol
+    reached_steps = [m.steps_to_tol[(m.steps_to_tol > 0) & ~m.diverged] for m in maps.values()]
+    fewest = min((int(r.min()) for r in reached_steps if r.size), default=1)
+    norm = LogNorm(vmin=max(1, fewest), vmax=steps)
+    diverged_colour, unfinished_colour = "#8c1515", "#d9d9d9"
+    outlined = [patheffects.withStroke(linewidth=3.2, foreground="white")]
+    image = None
+    for ax, rule in zip(axes[0], rules, strict=True):
+        m = maps[rule]
+        x_edges = _edges(np.log(m.learning_rates), log=True)
+        y_edges = _edges(m.momenta)
+        unfinished = (m.steps_to_tol <= 0) & ~m.diverged
+        for mask, colour in ((unfinished, unfinished_colour), (m.diverged, diverged_colour)):
+            ax.pcolormesh(
+                x_edges,
+                y_edges,
+                np.ma.masked_where(~mask, np.ones(mask.shape)),
+                cmap=ListedColormap([colour]),
+            )
+        shown = np.ma.masked_where(unfinished | m.diverged, m.steps_to_tol)
+        image = ax.pcolormesh(x_edges, y_edges, shown, cmap="viridis", norm=norm)
+        betas = np.linspace(y_edges[0], y_edges[-1], 200)
+        formula = "2 (1 + beta)" if rule == "Momentum" else "(2 + 2 beta) / (1 + 2 beta)"
+        ax.plot(
+            boundary(rule, betas),
+            betas,
+            color="black",
+            linewidth=1.3,
+            path_effects=outlined,
+            label=f"theory, stable below: eta L = {formula}",
+        )
+        for_mu = boundary(rule, betas) * m.kappa
+        if for_mu.min() < x_edges[-1]:
+            ax.plot(
+                for_mu,
+                betas,
+                color="black",
+                linewidth=1.3,
+                linestyle=":",
+                path_effects=outlined,
+                label=f"theory for mu = L / {m.kappa:g}",
+            )
+        best = m.best()
+        if best is not None:
+            ax.plot(
+                best[1],
+                best[0],
+                marker="o",
+                markersize=10,
+                markerfacecolor="none",
+                markeredgecolor="orangered",
+                markeredgewidth=2.2,
+                linestyle="none",
+                label=f"best cell measured: eta L = {best[1]:.3g}, beta = {best[0]:.2f}, {best[2]} steps",
+            )
+        if rule == "Momentum" and polyak is not None:
+            ax.plot(
+                *polyak,
+                marker="*",
+                markersize=15,
+                color="gold",
+                markeredgecolor="black",
+                linestyle="none",
+                label=f"Polyak's optimum: eta* L = {polyak[0]:.3g}, beta* = {polyak[1]:.3f}",
+            )
+        ax.set(
+            xscale="log",
+            xlim=(x_edges[0], x_edges[-1]),
+            ylim=(y_edges[0], y_edges[-1]),
+            xlabel="learning rate times L (eta L)",
+            ylabel="momentum beta (the row beta = 0 is SGD)",
+        )
+        ax.set_title(f"{rule}, convention {m.convention}", fontsize=10)
+        handles, labels = ax.get_legend_handles_labels()
+        handles += [Patch(color=diverged_colour), Patch(color=unfinished_colour)]
+        labels += [
+            f"diverged: the loss after {steps} steps is above the initial loss",
+            f"not diverged, but not below tol x initial loss within {steps} steps",
+        ]
+        ax.legend(
+            handles, labels, fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False
+        )
+    if image is not None:
+        bar = fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, pad=0.02)
+        ticks = [t for t in (10, 20, 30, 50, 100, 200, 300, 500, 1000, 2000) if norm.vmin <= t <= norm.vmax]
+        bar.ax.yaxis.set_major_locator(FixedLocator(ticks))
+        bar.ax.yaxis.set_minor_locator(NullLocator())
+        bar.ax.set_yticklabels([str(t) for t in ticks])
+        bar.set_label(f"steps until the loss is below tol = {tol:g} x initial (and stays there)")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _edges(centres, log: bool = False) -> np.ndarray:
+    """Cell edges around evenly spaced `centres` (given as logs when `log`: edges come back as values)."""
+    centres = np.asarray(centres, dtype=float)
+    step = (centres[1] - centres[0]) if len(centres) > 1 else 1.0
+    edges = np.concatenate(
+        [[centres[0] - step / 2], (centres[:-1] + centres[1:]) / 2, [centres[-1] + step / 2]]
+    )
+    return np.exp(edges) if log else edges
