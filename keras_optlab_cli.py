@@ -230,12 +230,28 @@ def check_compare(args) -> None:
         )
 
 
+#: The optimizers with an epsilon (`--epsilon`).
+WITH_EPSILON = ("Adagrad", "RMSProp", "Adam")
+#: `surfaces --seeds` without a value, when `--noise` is given.
+NOISE_SEEDS = 5
+
+
 def check_surfaces(args) -> None:
     args.surface_names = (
         list(SURFACES) if args.surface == "all" else _names(args.surface, SURFACES, "surface", "--surface")
     )
     args.optimizer_names = optimizer_names(args.optimizers)
     args.lr_values = learning_rates(args.lr, args.optimizer_names)
+    args.conventions = _names(args.convention, CONVENTIONS, "convention", "--convention")
+    if args.seeds is not None and args.noise is None:
+        raise UsageError(f"--seeds {args.seeds} needs --noise (without noise every seed draws the same path)")
+    if args.noise is not None and args.seeds is None:
+        args.seeds = NOISE_SEEDS
+    if args.epsilon is not None and not set(args.optimizer_names) & set(WITH_EPSILON):
+        raise UsageError(
+            f"--epsilon applies to {', '.join(WITH_EPSILON)}, none of which is in --optimizers "
+            f"{','.join(args.optimizer_names)}"
+        )
 
 
 def check_sweep(args) -> None:
@@ -288,14 +304,23 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
     every = ",".join(OPTIMIZERS)
 
-    def common(p):
+    def common(p, several_conventions=False):
         p.add_argument("--optimizers", default=every, help="comma-separated, each at most once")
-        p.add_argument(
-            "--convention",
-            choices=CONVENTIONS,
-            default="ours",
-            help="run each optimizer in this framework's convention (Cls.like)",
-        )
+        if several_conventions:
+            p.add_argument(
+                "--convention",
+                default="ours",
+                help="run each optimizer in this framework's convention (Cls.like), from "
+                f"{', '.join(CONVENTIONS)}; several, comma-separated, draw each path under each on "
+                "one plot (solid: ours and keras, dashed: pytorch, dotted: optax)",
+            )
+        else:
+            p.add_argument(
+                "--convention",
+                choices=CONVENTIONS,
+                default="ours",
+                help="run each optimizer in this framework's convention (Cls.like)",
+            )
         p.add_argument("--logdir", help="output directory (default: optlab_runs/<command>-<date>-<time>)")
 
     def lr_option(p, defaults):
@@ -342,10 +367,32 @@ def parser() -> argparse.ArgumentParser:
         "Draw each optimizer's path on 2-D test functions (<surface>.png) and log it to TensorBoard.",
         _INTERRUPT,
     )
-    common(s)
+    common(s, several_conventions=True)
     s.add_argument("--surface", default="all", help=f"comma-separated, from {', '.join(SURFACES)}; or 'all'")
     lr_option(s, "per surface: one for SGD, Momentum and NAG, one for Adagrad, RMSProp and Adam")
     s.add_argument("--steps", type=_positive_int, help="steps per path (default: per surface)")
+    s.add_argument(
+        "--noise",
+        type=_positive_number,
+        help="add Gaussian noise of this standard deviation to each coordinate of each gradient; "
+        "then each path is drawn once per seed, with the loss's median and interquartile band",
+    )
+    s.add_argument(
+        "--seeds",
+        type=_positive_int,
+        help=f"seeds of the noise, 0..N-1 (default with --noise: {NOISE_SEEDS})",
+    )
+    s.add_argument(
+        "--epsilon",
+        type=_positive_number,
+        help=f"epsilon of {', '.join(WITH_EPSILON)} (default: their convention's)",
+    )
+    s.add_argument(
+        "--schedule",
+        choices=("constant", "step"),
+        default="constant",
+        help="the learning rate: constant, or step (divided by 10 after half the steps)",
+    )
     s.add_argument("--gif", action="store_true", help="also write an animated GIF per surface")
     s.set_defaults(check=check_surfaces)
 

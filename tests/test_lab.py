@@ -97,6 +97,76 @@ def test_surfaces_writes_plots_gif_and_runs(tmp_path, capsys):
     assert len(events["local_minimum/loss"]) == 21
 
 
+def test_surfaces_with_noise_draws_each_seed_and_the_loss_band(tmp_path, capsys):
+    out_dir = tmp_path / "n"
+    argv = "surfaces --surface ravine --optimizers SGD,Momentum --noise 1 --seeds 3 --steps 30"
+    code, out, _ = _run(capsys, argv, out_dir)
+    assert code == 0
+    assert "gradient noise N(0, 1^2) per coordinate, 3 seeds; with seeds, final_*: the median" in out
+    rows = _parse_table(out, "surface")
+    assert [r["optimizer"] for r in rows] == ["SGD", "Momentum"]
+    assert all(
+        float(r["final_loss_q25"]) <= float(r["final_loss"]) <= float(r["final_loss_q75"]) for r in rows
+    )
+    assert len(read_run(out_dir / "ravine" / "Momentum" / "seed-2")["ravine/loss"]) == 31
+    assert (out_dir / "ravine.png").stat().st_size > 20_000
+
+
+def test_noisy_paths_are_the_numpy_reference_with_the_same_noise():
+    """ravine, gradient (x / 10, 10 y) plus noise 0.7 drawn as documented (NumPy, seeds 0..2);
+    SGD at 0.05 and heavy ball at 0.02, momentum 0.9, 25 steps, each seed a row of one variable."""
+    surface, steps, sigma = SURFACES["ravine"], 25, 0.7
+    kicks = sigma * np.stack([np.random.default_rng(s).normal(size=(steps, 2)) for s in range(3)], axis=1)
+    for optimizer, lr, mu in ((ko.SGD(0.05), 0.05, 0.0), (ko.Momentum(0.02, momentum=0.9), 0.02, 0.9)):
+        paths = trajectory(surface, optimizer, steps, noise=sigma, seeds=3)
+        w, v = np.tile(np.array(surface.start), (3, 1)), np.zeros((3, 2))
+        expected = [w.copy()]
+        for kick in kicks:
+            g = w * np.array([0.1, 10.0]) + kick
+            v = mu * v - np.float32(lr) * g
+            w = w + v
+            expected.append(w.copy())
+        np.testing.assert_allclose(paths, np.array(expected).transpose(1, 0, 2), rtol=1e-12, atol=1e-12)
+
+
+def test_surfaces_under_several_conventions_part_ways_where_they_should(tmp_path, capsys):
+    """Momentum under a step schedule (rate / 10 after half of 40 steps): Keras' rate inside the
+    velocity and PyTorch's outside are one path while the rate is constant and part after the
+    drop. RMSProp with epsilon 0.1: Keras and Optax put it inside the root (one path), PyTorch
+    outside (another)."""
+    out_dir = tmp_path / "c"
+    argv = (
+        "surfaces --surface ravine --optimizers Momentum,RMSProp --convention keras,pytorch,optax "
+        "--schedule step --epsilon 0.1 --steps 40 --lr Momentum=0.02"
+    )
+    code, out, _ = _run(capsys, argv, out_dir)
+    assert code == 0
+    rows = {(r["optimizer"], r["convention"]): r for r in _parse_table(out, "surface")}
+    assert len(rows) == 6 and rows[("RMSProp", "keras")]["final_x"] == rows[("RMSProp", "optax")]["final_x"]
+    assert rows[("RMSProp", "keras")]["final_x"] != rows[("RMSProp", "pytorch")]["final_x"]
+    x = {
+        c: np.array([float(v) for _, v in read_run(out_dir / "ravine" / f"Momentum-{c}")["ravine/x"]])
+        for c in ("keras", "pytorch")
+    }
+    np.testing.assert_allclose(x["keras"][:21], x["pytorch"][:21], rtol=1e-6)  # float32 events
+    assert abs(x["keras"][-1] - x["pytorch"][-1]) > 0.05
+    assert (out_dir / "ravine.png").stat().st_size > 20_000
+
+
+def test_surface_plots_zoom_on_paths_in_a_corner_and_their_legend_is_complete(tmp_path):
+    rastrigin = SURFACES["rastrigin"]
+    corner = {"SGD (lr=0.001)": np.array([rastrigin.start, (2.0, -2.0)])}
+    assert plots._zoom(rastrigin, corner) is not None
+    across = {"SGD (lr=0.001)": np.array([rastrigin.start, (-2.0, 2.0)])}
+    assert plots._zoom(rastrigin, across) is None
+    paths = {
+        "SGD (lr=0.001)": corner["SGD (lr=0.001)"],
+        "Adam (lr=0.1)": np.array([rastrigin.start, (1.9, -2.1)]),
+    }
+    labels = plots.surface(rastrigin, paths, tmp_path / "r.png")
+    assert labels == ["global minimum", *paths, "start", "end of a path (in its path's colour)"]
+
+
 def test_sweep_writes_plot_and_best_table(tmp_path, capsys):
     out_dir = tmp_path / "w"
     code, out, _ = _run(
@@ -179,6 +249,21 @@ def test_stability_writes_map_and_table(tmp_path, capsys):
         (["compare", "--epochs", "1", "--optimizers", "SGD, sgd"], "--optimizers names SGD twice"),
         (["sweep", "--epochs", "1", "--optimizers", "Adam,RMSProp,adam"], "--optimizers names Adam twice"),
         (["surfaces", "--steps", "1", "--surface", "ravine,Ravine"], "--surface names ravine twice"),
+        (
+            ["surfaces", "--seeds", "3"],
+            "--seeds 3 needs --noise (without noise every seed draws the same path)",
+        ),
+        (
+            ["surfaces", "--epsilon", "0.1", "--optimizers", "SGD,NAG"],
+            "--epsilon applies to Adagrad, RMSProp",
+        ),
+        (
+            ["surfaces", "--convention", "keras,jax"],
+            "unknown convention ['jax']; choose from ['ours', 'keras'",
+        ),
+        (["surfaces", "--convention", "keras,Keras"], "--convention names keras twice"),
+        (["surfaces", "--noise", "-1"], "argument --noise: must be a positive finite number, got '-1'"),
+        (["surfaces", "--schedule", "cosine"], "argument --schedule: invalid choice: 'cosine'"),
         (
             ["compare", "--epochs", "1", "--optimizers", "SGD", "--lr", "Adam=5"],
             "--lr sets Adam, which is not in --optimizers SGD",

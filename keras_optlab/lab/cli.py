@@ -269,52 +269,105 @@ def _compare_report(runs, dataset, args, out, metric, metric_label, partial: str
 
 
 # ---------------------------------------------------------------- surfaces
+def _surface_optimizer(cls, convention: str, lr: float, args, steps: int):
+    """`cls` in `convention` at `lr`, with `--epsilon` and `--schedule` applied."""
+    import keras
+
+    from keras_optlab_cli import WITH_EPSILON
+
+    kwargs = {"epsilon": args.epsilon} if args.epsilon is not None and cls.__name__ in WITH_EPSILON else {}
+    rate = lr
+    if args.schedule == "step":  # lr for the first half of the steps, lr / 10 after
+        rate = keras.optimizers.schedules.PiecewiseConstantDecay([max(steps // 2 - 1, 0)], [lr, lr / 10])
+    if convention == "ours":
+        return cls(learning_rate=rate, **kwargs)
+    return cls.like(convention, learning_rate=rate, **kwargs)
+
+
+def _surface_settings(args) -> str | None:
+    """What the paths were drawn with, beyond the optimizers' defaults (a line above the plot)."""
+    parts = []
+    if args.noise is not None:
+        parts.append(f"gradient noise N(0, {args.noise:g}^2) per coordinate, {args.seeds} seeds")
+    if args.epsilon is not None:
+        parts.append(f"epsilon {args.epsilon:g}")
+    if args.schedule == "step":
+        parts.append("learning rate / 10 after half the steps")
+    if len(args.conventions) > 1:
+        parts.append("conventions " + ", ".join(args.conventions))
+    return "; ".join(parts) or None
+
+
 def surfaces(args) -> None:
     from keras_optlab.lab import plots
     from keras_optlab.lab.surfaces import SURFACES, default_learning_rate, trajectory
 
     classes = [CLASSES[name] for name in args.optimizer_names]
+    conventions = args.conventions
+    several = len(conventions) > 1
     out = _out_dir(args, "surfaces")
 
     import tensorflow as tf
 
     os.makedirs(out, exist_ok=True)
-    total = len(args.surface_names) * len(classes)
+    total = len(args.surface_names) * len(classes) * len(conventions)
     progress = _Progress(total)
+    settings = _surface_settings(args)
     rows, current, logging_to = [], None, None
-    name, paths, plotted = None, {}, False
+    name, paths, styles, plotted = None, {}, {}, False
     try:
         for name in args.surface_names:
-            surface, paths, plotted = SURFACES[name], {}, False
+            surface, paths, styles, plotted = SURFACES[name], {}, {}, False
+            steps = args.steps or surface.steps
             for cls in classes:
-                current = f"{name}: {cls.__name__}"
-                progress.show(len(rows), current)
-                lr = args.lr_values.get(cls.__name__, default_learning_rate(surface, cls))
-                with _warnings_on_their_own_lines(progress, current):
-                    points = trajectory(surface, _make(cls, args.convention, lr), steps=args.steps)
-                    values = surface.fn(points[:, 0], points[:, 1])
-                logging_to = os.path.join(out, name, cls.__name__)
-                with tf.summary.create_file_writer(logging_to).as_default():
-                    for step, (value, (x, y)) in enumerate(zip(values, points, strict=True)):
-                        tf.summary.scalar(f"{name}/loss", value, step=step)
-                        tf.summary.scalar(f"{name}/x", x, step=step)
-                        tf.summary.scalar(f"{name}/y", y, step=step)
-                logging_to = None
-                paths[f"{cls.__name__} (lr={lr:g})"] = points
-                rows.append(
-                    {
-                        "surface": name,
-                        "optimizer": cls.__name__,
+                for convention in conventions:
+                    run = f"{cls.__name__}-{convention}" if several else cls.__name__
+                    current = f"{name}: {cls.__name__}" + (f" ({convention})" if several else "")
+                    progress.show(len(rows), current)
+                    lr = args.lr_values.get(cls.__name__, default_learning_rate(surface, cls))
+                    optimizer = _surface_optimizer(cls, convention, lr, args, steps)
+                    with _warnings_on_their_own_lines(progress, current):
+                        if args.noise is None:
+                            points = trajectory(surface, optimizer, steps=args.steps)
+                        else:
+                            points = trajectory(surface, optimizer, steps, noise=args.noise, seeds=args.seeds)
+                        seeds = points if points.ndim == 3 else points[None]
+                        values = surface.fn(seeds[:, :, 0], seeds[:, :, 1])
+                    for k, (path, value) in enumerate(zip(seeds, values, strict=True)):
+                        logging_to = os.path.join(
+                            out, name, run, *([f"seed-{k}"] if points.ndim == 3 else [])
+                        )
+                        with tf.summary.create_file_writer(logging_to).as_default():
+                            for step, (v, (x, y)) in enumerate(zip(value, path, strict=True)):
+                                tf.summary.scalar(f"{name}/loss", v, step=step)
+                                tf.summary.scalar(f"{name}/x", x, step=step)
+                                tf.summary.scalar(f"{name}/y", y, step=step)
+                    logging_to = None
+                    label = f"{cls.__name__}{', ' + convention if several else ''} (lr={lr:g})"
+                    paths[label] = points
+                    styles[label] = (
+                        plots.convention_style(cls.__name__, convention)
+                        if several
+                        else {"color": plots.COLOURS[cls.__name__], "linestyle": "-"}
+                    )
+                    ends = seeds[:, -1]
+                    row = {"surface": name, "optimizer": cls.__name__}
+                    if several:
+                        row["convention"] = convention
+                    row |= {
                         "lr": f"{lr:g}",
-                        "final_x": _number(points[-1, 0]),
-                        "final_y": _number(points[-1, 1]),
-                        "final_loss": _number(values[-1]),
+                        "final_x": _number(float(np.median(ends[:, 0]))),
+                        "final_y": _number(float(np.median(ends[:, 1]))),
+                        "final_loss": _number(float(np.median(values[:, -1]))),
                     }
-                )
+                    if points.ndim == 3:
+                        row["final_loss_q25"] = _number(float(np.quantile(values[:, -1], 0.25)))
+                        row["final_loss_q75"] = _number(float(np.quantile(values[:, -1], 0.75)))
+                    rows.append(row)
             current = f"{name}: the plot"
-            plots.surface(surface, paths, os.path.join(out, f"{name}.png"))
+            plots.surface(surface, paths, os.path.join(out, f"{name}.png"), note=settings, styles=styles)
             if args.gif:
-                plots.surface_animation(surface, paths, os.path.join(out, f"{name}.gif"))
+                plots.surface_animation(surface, paths, os.path.join(out, f"{name}.gif"), styles=styles)
             plotted, current = True, None
         progress.done()
     except KeyboardInterrupt:
@@ -329,20 +382,27 @@ def surfaces(args) -> None:
         note = f"{len(rows)} of {total} paths finished; interrupted {where}"
         if paths and not plotted:
             figure = os.path.join(out, f"{name}-partial.png")
-            plots.surface(SURFACES[name], paths, figure, note=f"PARTIAL: {note}")
+            marked = f"PARTIAL: {note}" + (f"\n{settings}" if settings else "")
+            plots.surface(SURFACES[name], paths, figure, note=marked, styles=styles)
         _surfaces_report(rows, out, partial=note)
         raise Interrupted(
             f"interrupted {where}; wrote the {len(rows)} finished path(s) to {out} (partial){kept}"
         ) from None
     finally:
         progress.end()
-    _surfaces_report(rows, out)
+    _surfaces_report(rows, out, settings)
 
 
-def _surfaces_report(rows, out, partial: str | None = None) -> None:
+def _surfaces_report(rows, out, settings: str | None = None, partial: str | None = None) -> None:
     if partial:
         print(f"\npartial: {partial}")
     print()
+    if settings:
+        print(
+            f"{settings}; with seeds, final_*: the median over the seeds\n"
+            if "seeds" in settings
+            else f"{settings}\n"
+        )
     print(_table(rows, list(rows[0])))
     table = os.path.join(out, "results-partial.csv" if partial else "results.csv")
     _write_csv(table, rows, list(rows[0]))
