@@ -561,6 +561,46 @@ def test_surfaces_interrupted_writes_what_finished_marked_partial(tmp_path, caps
     assert not (out_dir / "local_minimum.png").exists() and not (out_dir / "results.csv").exists()
 
 
+def test_lr_find_interrupted_writes_what_finished_marked_partial(tmp_path, capsys, monkeypatch):
+    """Ctrl-C in Adam's range test: SGD's result (a made-up curve, no training) is kept, partial."""
+    from keras_optlab.callbacks import LRFinder
+    from keras_optlab.callbacks.lr_finder import analyse
+
+    lrs = np.geomspace(1e-4, 1.0, 20)
+    curve = 2.3 - 2.0 / (1 + np.exp(-(np.log10(lrs) + 2) / 0.3))
+    calls = []
+
+    def find(self, model, x, y=None, sample_weight=None, *, batch_size=None):
+        calls.append(type(model.optimizer).__name__)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return analyse("SGD", lrs, curve[None], [2.3], (0,), 4.0, [20], [None])
+
+    monkeypatch.setattr(LRFinder, "find", find)
+    out_dir = tmp_path / "f"
+    code = _main(["lr-find", "--optimizers", "SGD,Adam", "--steps", "20", "--logdir", str(out_dir)])
+    out, err = capsys.readouterr()
+    assert code == 130 and calls == ["SGD", "Adam"]
+    assert _one_message(err) == (
+        f"keras-optlab: interrupted during Adam; wrote the 1 finished range test(s) to {out_dir} (partial)"
+    )
+    assert "partial: 1 of 2 optimizers finished; interrupted during Adam" in out
+    assert [r["optimizer"] for r in _read_csv(out_dir / "suggestions-partial.csv")] == ["SGD"]
+    assert (out_dir / "lr_find-partial.png").stat().st_size > 20_000
+
+
+def test_stability_interrupted_writes_nothing(tmp_path, capsys, monkeypatch):
+    def measure(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stability, "measure", measure)
+    code = _main(["stability", "--logdir", str(tmp_path / "b")])
+    assert code == 130 and not (tmp_path / "b").exists()
+    assert _one_message(capsys.readouterr().err) == (
+        "keras-optlab: interrupted during the stability maps; nothing written"
+    )
+
+
 # ------------------------------------------------- what the tables report
 @pytest.mark.filterwarnings("always::RuntimeWarning")
 def test_huge_numbers_have_four_significant_digits_and_warnings_their_own_line(tmp_path, capsys):

@@ -374,12 +374,17 @@ def test_the_notes_say_where_conventions_scale_the_rate_differently():
         "epsilon 1e-07 sits inside the square root: on a small cache it acts like 0.00032 outside it" in notes
     )
     assert convention_notes(ko.RMSProp.like("pytorch")) == []
-    assert "outside the velocity (PyTorch's and Optax's convention)" in " ".join(
+    assert "and so it does under the ramp: the rate multiplies the summed gradients (PyTorch's" in " ".join(
         convention_notes(ko.Momentum.like("pytorch"))
     )
     assert "the cache starts at 0.1" in " ".join(convention_notes(keras.optimizers.Adagrad()))
     assert "epsilon 1e-07 sits inside" in " ".join(convention_notes(keras.optimizers.RMSprop()))
-    notes = convention_notes(keras.optimizers.SGD(momentum=0.9, weight_decay=0.01))
+    notes = convention_notes(keras.optimizers.SGD(momentum=0.9, weight_decay=0.01), steps=100, ratio=1.2)
     assert "does not record exclude_from_weight_decay" in notes[-1] and "inside the velocity" in notes[0]
+    # momentum 0.9, the rate x1.2 a step: 1 / (1 - 0.9 / 1.2) = 4 lr in the ramp, 10 lr held constant
+    assert (
+        "carries about lr / (1 - momentum / 1.2) = 4 lr: held constant, a rate found here makes steps 2.5"
+        in notes[0]
+    )
     loss_scaled = convention_notes(keras.optimizers.LossScaleOptimizer(ko.Adam.like("keras")), steps=100)
     assert "epsilon hat" in loss_scaled[0] and loss_scaled[-1].startswith("loss scaling")

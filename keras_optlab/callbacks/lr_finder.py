@@ -352,30 +352,36 @@ def _settings(optimizer) -> tuple[str, dict, bool]:
     return name, {**presets.get(name, {}), **config}, True
 
 
-def convention_notes(optimizer, steps: int | None = None) -> list[str]:
+def convention_notes(optimizer, steps: int | None = None, ratio: float | None = None) -> list[str]:
     """Where `optimizer`'s convention makes the same learning rate a different step, one line
-    each: what a rate found for it means under another convention (`steps`: the ramp's)."""
+    each: what a rate found for it means under another convention, or held constant (`steps`:
+    the ramp's; `ratio`: the factor by which its rate grows each step)."""
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        notes = convention_notes(optimizer.inner_optimizer, steps)
+        notes = convention_notes(optimizer.inner_optimizer, steps, ratio)
         return [*notes, "loss scaling: the finder's copy starts at the initial loss scale"]
     name, s, builtin = _settings(optimizer)
     notes = []
     momentum = float(s.get("momentum") or 0.0)
-    if momentum > 0 and "lr_in_momentum" in s:
-        where = (
-            "inside the velocity (Keras' convention): past gradients keep the smaller rates they came "
-            "with, so under the growing rate each step is smaller than with the rate outside it "
-            "(PyTorch's, Optax's) and the curve sits at higher rates"
-            if s["lr_in_momentum"]
-            else "outside the velocity (PyTorch's and Optax's convention): each step is the current rate "
-            "times the summed past gradients, so under the growing rate it is larger than with the rate "
-            "inside (Keras') and the curve sits at lower rates"
-        )
-        notes.append(
-            f"{name}: momentum {momentum:g} makes a steady step about lr / (1 - momentum) = "
-            f"{1 / (1 - momentum) if momentum < 1 else math.inf:.3g} lr; the rate sits {where}; with a "
-            "constant rate the two conventions are one rule"
-        )
+    if 0 < momentum < 1 and "lr_in_momentum" in s:
+        head = f"{name}: momentum {momentum:g}: at a constant rate the velocity carries "
+        head += f"lr / (1 - momentum) = {1 / (1 - momentum):.3g} lr"
+        inside = "past gradients keep the smaller rates they came with (Keras' convention, the rate "
+        inside += "inside the velocity)"
+        if not s["lr_in_momentum"]:
+            text = ", and so it does under the ramp: the rate multiplies the summed gradients (PyTorch's "
+            text += "and Optax's convention); with the rate inside the velocity (Keras') the ramp's steps "
+            notes.append(head + text + "are smaller and its curve sits at higher rates")
+        elif ratio is not None and ratio > momentum:
+            ramp, factor = 1 / (1 - momentum / ratio), (1 - momentum / ratio) / (1 - momentum)
+            text = f"; under the ramp (x{ratio:.3g} a step) {inside}, so it carries about "
+            text += f"lr / (1 - momentum / {ratio:.3g}) = {ramp:.3g} lr: held constant, a rate found here "
+            text += f"makes steps {factor:.2g} times larger than in the ramp (with the rate outside the "
+            notes.append(head + text + "velocity, PyTorch's and Optax's, the two agree)")
+        else:
+            text = f"; under a growing rate {inside}, so its steps in the ramp are smaller than at a "
+            notes.append(
+                head + text + "constant rate and than with the rate outside the velocity (PyTorch's)"
+            )
     epsilon = s.get("epsilon")
     if epsilon and s.get("epsilon_inside_sqrt"):
         notes.append(
@@ -646,7 +652,8 @@ class LRFinder(keras.callbacks.Callback):
         rate = keras.Variable(float(rates[0]), dtype="float32", trainable=False, name="lr_finder_rate")
         copy = _copy(original, _Ramp(rate))
         name = type(getattr(original, "inner_optimizer", original)).__name__
-        notes = convention_notes(original, self.steps)
+        ratio = float((self.lr_max / self.lr_min) ** (1 / (self.steps - 1)))
+        notes = convention_notes(original, self.steps, ratio)
 
         first_batches = None
         if not model.built:  # build it on the first batch, so that its weights can be saved
