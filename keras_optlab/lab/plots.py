@@ -176,7 +176,8 @@ def surface(surface, trajectories: dict, path, note: str | None = None, styles: 
     # another still shows at its sides.
     def reach(points):
         ends = (points if np.ndim(points) == 3 else points[None])[:, -1]
-        distance = np.linalg.norm(ends - np.asarray(surface.start), axis=1)
+        with np.errstate(over="ignore", invalid="ignore"):  # a path that blew up is far, not a warning
+            distance = np.hypot(*(ends - np.asarray(surface.start)).T)
         return float(np.nanmedian(np.where(np.isfinite(distance), distance, np.inf)))
 
     order = sorted(trajectories, key=lambda label: -reach(trajectories[label]))
