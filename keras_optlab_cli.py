@@ -7,8 +7,8 @@ it could print `--help` or refuse a bad argument. This module sits outside the p
 imports nothing of it at load time:
 
 - the parser is built from static lists (`OPTIMIZERS`, `DATASETS`, `MODELS`, `SURFACES`,
-  `CONVENTIONS`); `tests/test_lab.py` holds them equal to the package's own, so they cannot
-  drift;
+  `CONVENTIONS`, `STABILITY_RULES`); `tests/test_lab.py` holds them equal to the package's own,
+  so they cannot drift;
 - every check that needs no data (names, duplicates, numbers) runs here, before TensorFlow
   is imported: bad input costs a fraction of a second and gets one line, exit code 2;
 - only then `keras_optlab.lab.cli`, which holds the commands, is imported. Unless the user
@@ -47,6 +47,8 @@ IMAGE_DATASETS = ("digits",)
 MODELS = ("mlp", "cnn")
 #: `keras_optlab.lab.surfaces.SURFACES`.
 SURFACES = ("local_minimum", "ravine", "rosenbrock", "beale", "himmelblau", "rastrigin")
+#: `keras_optlab.lab.stability.RULES`: the rules with a stability map (SGD is their momentum-0 row).
+STABILITY_RULES = ("Momentum", "NAG")
 #: Default learning rates: a good value for each optimizer on the digits MLP (see `keras-optlab sweep`).
 DEFAULT_LR = {"SGD": 0.05, "Momentum": 0.01, "NAG": 0.01, "Adagrad": 0.05, "RMSProp": 0.001, "Adam": 0.001}
 #: The sweep's defaults, and the seconds a fit of them took on 2 CPU cores (measured, see `_SWEEP_SIZE`).
@@ -228,12 +230,28 @@ def check_compare(args) -> None:
         )
 
 
+#: The optimizers with an epsilon (`--epsilon`).
+WITH_EPSILON = ("Adagrad", "RMSProp", "Adam")
+#: `surfaces --seeds` without a value, when `--noise` is given.
+NOISE_SEEDS = 5
+
+
 def check_surfaces(args) -> None:
     args.surface_names = (
         list(SURFACES) if args.surface == "all" else _names(args.surface, SURFACES, "surface", "--surface")
     )
     args.optimizer_names = optimizer_names(args.optimizers)
     args.lr_values = learning_rates(args.lr, args.optimizer_names)
+    args.conventions = _names(args.convention, CONVENTIONS, "convention", "--convention")
+    if args.seeds is not None and args.noise is None:
+        raise UsageError(f"--seeds {args.seeds} needs --noise (without noise every seed draws the same path)")
+    if args.noise is not None and args.seeds is None:
+        args.seeds = NOISE_SEEDS
+    if args.epsilon is not None and not set(args.optimizer_names) & set(WITH_EPSILON):
+        raise UsageError(
+            f"--epsilon applies to {', '.join(WITH_EPSILON)}, none of which is in --optimizers "
+            f"{','.join(args.optimizer_names)}"
+        )
 
 
 def check_sweep(args) -> None:
@@ -242,25 +260,67 @@ def check_sweep(args) -> None:
         raise UsageError(f"--lr-min must be below --lr-max, got {args.lr_min:g} and {args.lr_max:g}")
 
 
+def check_lr_find(args) -> None:
+    check_compare(args)
+    if args.lr_min >= args.lr_max:
+        raise UsageError(f"--lr-min must be below --lr-max, got {args.lr_min:g} and {args.lr_max:g}")
+    if args.steps < 5:
+        raise UsageError(f"--steps must be at least 5 (a curve to fit), got {args.steps}")
+    if args.divergence <= 1:
+        raise UsageError(f"--divergence must be above 1, got {args.divergence:g}")
+
+
+def check_stability(args) -> None:
+    names = [n.strip() for n in args.optimizers.split(",") if n.strip()]
+    others = [n for n in names if n.lower() in {o.lower() for o in OPTIMIZERS if o not in STABILITY_RULES}]
+    if others:
+        raise UsageError(
+            f"stability maps {' and '.join(STABILITY_RULES)} (SGD is their momentum-0 row), "
+            f"got --optimizers {args.optimizers}"
+        )
+    args.rule_names = _names(args.optimizers, STABILITY_RULES, "optimizer", "--optimizers")
+    if args.lr_min >= args.lr_max:
+        raise UsageError(f"--lr-min must be below --lr-max, got {args.lr_min:g} and {args.lr_max:g}")
+    if args.kappa <= 1:
+        raise UsageError(f"--kappa must be above 1, got {args.kappa:g}")
+    if args.tol >= 1:
+        raise UsageError(f"--tol must be below 1 (a fraction of the initial loss), got {args.tol:g}")
+    if args.momentum_max >= 1:
+        raise UsageError(f"--momentum-max must be below 1, got {args.momentum_max:g}")
+    for option in ("lr_points", "momentum_points"):
+        if getattr(args, option) < 2:
+            raise UsageError(f"--{option.replace('_', '-')} must be at least 2, got {getattr(args, option)}")
+
+
 # -------------------------------------------------------------------- parser
 def parser() -> argparse.ArgumentParser:
     top = _Parser(
         prog="keras-optlab",
-        description="Compare optimizers on bundled data, on 2-D surfaces, and over learning rates.",
+        description="Compare optimizers on bundled data, on 2-D surfaces, over learning rates, and on "
+        "quadratics with the theory.",
         formatter_class=_HelpFormatter,
     )
     top.add_argument("--version", action=_Version, help="print the version and exit")
     sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
     every = ",".join(OPTIMIZERS)
 
-    def common(p):
+    def common(p, several_conventions=False):
         p.add_argument("--optimizers", default=every, help="comma-separated, each at most once")
-        p.add_argument(
-            "--convention",
-            choices=CONVENTIONS,
-            default="ours",
-            help="run each optimizer in this framework's convention (Cls.like)",
-        )
+        if several_conventions:
+            p.add_argument(
+                "--convention",
+                default="ours",
+                help="run each optimizer in this framework's convention (Cls.like), from "
+                f"{', '.join(CONVENTIONS)}; several, comma-separated, draw each path under each on "
+                "one plot (solid: ours and keras, dashed: pytorch, dotted: optax)",
+            )
+        else:
+            p.add_argument(
+                "--convention",
+                choices=CONVENTIONS,
+                default="ours",
+                help="run each optimizer in this framework's convention (Cls.like)",
+            )
         p.add_argument("--logdir", help="output directory (default: optlab_runs/<command>-<date>-<time>)")
 
     def lr_option(p, defaults):
@@ -307,10 +367,32 @@ def parser() -> argparse.ArgumentParser:
         "Draw each optimizer's path on 2-D test functions (<surface>.png) and log it to TensorBoard.",
         _INTERRUPT,
     )
-    common(s)
+    common(s, several_conventions=True)
     s.add_argument("--surface", default="all", help=f"comma-separated, from {', '.join(SURFACES)}; or 'all'")
     lr_option(s, "per surface: one for SGD, Momentum and NAG, one for Adagrad, RMSProp and Adam")
     s.add_argument("--steps", type=_positive_int, help="steps per path (default: per surface)")
+    s.add_argument(
+        "--noise",
+        type=_positive_number,
+        help="add Gaussian noise of this standard deviation to each coordinate of each gradient; "
+        "then each path is drawn once per seed, with the loss's median and interquartile band",
+    )
+    s.add_argument(
+        "--seeds",
+        type=_positive_int,
+        help=f"seeds of the noise, 0..N-1 (default with --noise: {NOISE_SEEDS})",
+    )
+    s.add_argument(
+        "--epsilon",
+        type=_positive_number,
+        help=f"epsilon of {', '.join(WITH_EPSILON)} (default: their convention's)",
+    )
+    s.add_argument(
+        "--schedule",
+        choices=("constant", "step"),
+        default="constant",
+        help="the learning rate: constant, or step (divided by 10 after half the steps)",
+    )
     s.add_argument("--gif", action="store_true", help="also write an animated GIF per surface")
     s.set_defaults(check=check_surfaces)
 
@@ -333,6 +415,74 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--epochs", type=_positive_int, default=SWEEP_EPOCHS, help="epochs per fit")
     w.add_argument("--batch-size", type=_positive_int, default=32, help="batch size")
     w.set_defaults(check=check_sweep)
+
+    f = command(
+        "lr-find",
+        "learning-rate range test per optimizer, several seeds",
+        "Run a learning-rate range test (keras_optlab.callbacks.LRFinder) for each optimizer on a "
+        "bundled dataset: the rate grows exponentially from --lr-min to --lr-max over --steps steps, "
+        "repeated over --seeds data orders from the same initial weights; print each suggestion "
+        "with its spread and the notes on conventions, write lr_find.png, suggestions.csv and a "
+        "TensorBoard run per optimizer.",
+        "The suggestion is the median over the seeds of the rate where a fitted curve of the loss "
+        "falls fastest against log(rate), before its minimum; there is none when the curves are too "
+        "flat, too noisy or disagree by more than a factor 10. A seed stops when its smoothed loss "
+        "exceeds --divergence times its lowest. A slower ramp (more steps) moves the curve, and the "
+        "suggestion, to lower rates: compare suggestions made with the same ramp.",
+        _INTERRUPT,
+    )
+    common(f)
+    f.add_argument("--dataset", choices=DATASETS, default="digits", help="bundled scikit-learn dataset")
+    f.add_argument("--model", choices=MODELS, default="mlp", help="cnn needs an image dataset (digits)")
+    f.add_argument("--lr-min", type=_positive_number, default=1e-6, help="the ramp's first learning rate")
+    f.add_argument("--lr-max", type=_positive_number, default=10.0, help="the ramp's last learning rate")
+    f.add_argument("--steps", type=_positive_int, default=100, help="learning rates in the ramp (at least 5)")
+    f.add_argument("--seeds", type=_positive_int, default=3, help="repeats, seeds 0..N-1 (data orders)")
+    f.add_argument("--batch-size", type=_positive_int, default=32, help="batch size")
+    f.add_argument(
+        "--divergence",
+        type=_positive_number,
+        default=4.0,
+        help="a seed stops when its smoothed loss exceeds this many times its lowest",
+    )
+    f.set_defaults(check=check_lr_find, lr=None)
+
+    b = command(
+        "stability",
+        "where Momentum and NAG converge on a quadratic, with the theory",
+        "Map the steps that Momentum and NAG (keras_optlab's own, SGD as their momentum-0 row) take "
+        "to bring a quadratic's loss below --tol times its initial value, over a grid of learning "
+        "rates and momenta; mark where they diverge (the loss after --steps steps above the initial "
+        "loss), and draw the theory on top: the stability boundary of each rule, Polyak's optimal "
+        "heavy ball. Write stability.png and stability.csv.",
+        "The quadratic has 16 eigenvalues spread evenly on a log scale from 1/--kappa to L = 1; "
+        "learning rates are in units of 1/L. Each row of learning rates runs as one variable whose "
+        "elements carry the curvatures eta * lambda at rate 1 (on a separable quadratic the rate "
+        "enters only as eta * lambda), one optimizer per momentum: seconds for the whole map.",
+    )
+    b.add_argument(
+        "--optimizers", default=",".join(STABILITY_RULES), help="comma-separated, each at most once"
+    )
+    b.add_argument(
+        "--convention",
+        choices=CONVENTIONS,
+        default="ours",
+        help="run each optimizer in this framework's convention (Cls.like)",
+    )
+    b.add_argument("--kappa", type=_positive_number, default=100.0, help="condition number L / mu, above 1")
+    b.add_argument("--steps", type=_positive_int, default=300, help="steps per cell")
+    b.add_argument(
+        "--tol", type=_positive_number, default=1e-4, help="target: this fraction of the initial loss"
+    )
+    b.add_argument("--lr-min", type=_positive_number, default=0.01, help="lowest learning rate, times L")
+    b.add_argument("--lr-max", type=_positive_number, default=10.0, help="highest learning rate, times L")
+    b.add_argument("--lr-points", type=_positive_int, default=61, help="learning rates (log grid)")
+    b.add_argument(
+        "--momentum-points", type=_positive_int, default=50, help="momenta from 0 to --momentum-max"
+    )
+    b.add_argument("--momentum-max", type=_positive_number, default=0.98, help="highest momentum, below 1")
+    b.add_argument("--logdir", help="output directory (default: optlab_runs/<command>-<date>-<time>)")
+    b.set_defaults(check=check_stability)
     return top
 
 
@@ -415,7 +565,7 @@ def main(argv=None) -> int:
     try:
         with _native_noise_dropped(_quiet_tensorflow()):
             from keras_optlab.lab import cli  # imports TensorFlow
-        getattr(cli, args.command)(args)
+        getattr(cli, args.command.replace("-", "_"))(args)
     except UsageError as error:
         return _error(f"error: {error}", 2)
     except Interrupted as interrupted:

@@ -34,12 +34,23 @@ def _pytorch_recipe_matches(out):
     assert abs(float(losses['ko.Momentum.like("pytorch")']) - float(losses["torch.optim.SGD"])) <= 2e-6
 
 
+def _lr_finder_leaves_the_model_as_it_was(out):
+    """The weights bit for bit as before, the optimizer (never stepped by the finder) unbuilt,
+    and the suggestion line (or why there is none)."""
+    assert "weights unchanged: True; the optimizer still unbuilt: True" in out, out
+    assert re.search(
+        r"^Adam: (suggested learning rate \S+ \(over 2 repeats|no suggestion \()", out, flags=re.M
+    )
+    assert os.path.getsize("lr_find.png") > 20_000
+
+
 CASES = [
     ("fit_with_diagnostics.py", ["--epochs", "1"], _tensorboard_runs_as_printed),
     ("custom_loop.py", ["--steps", "10"], "median effective lr"),
     ("local_minimum.py", ["--steps", "300"], "Momentum (lr=0.02, momentum=0.9)   ends at (-1.057"),
     ("adagrad_vs_rmsprop.py", ["--epochs", "1"], "RMSProp  after 11 steps"),
     ("pytorch_recipe.py", ["--epochs", "1"], _pytorch_recipe_matches),
+    ("lr_finder.py", ["--steps", "12", "--seeds", "2"], _lr_finder_leaves_the_model_as_it_was),
 ]
 
 

@@ -17,7 +17,7 @@ import pytest
 
 import keras_optlab as ko
 from keras_optlab.callbacks import OptimizerDiagnostics
-from keras_optlab.lab import cli, data, plots, surfaces, training
+from keras_optlab.lab import cli, data, plots, stability, surfaces, training
 from keras_optlab.lab.surfaces import SURFACES, default_learning_rate, oscillation, trajectory
 from tests.tb import last, read_run
 
@@ -97,6 +97,76 @@ def test_surfaces_writes_plots_gif_and_runs(tmp_path, capsys):
     assert len(events["local_minimum/loss"]) == 21
 
 
+def test_surfaces_with_noise_draws_each_seed_and_the_loss_band(tmp_path, capsys):
+    out_dir = tmp_path / "n"
+    argv = "surfaces --surface ravine --optimizers SGD,Momentum --noise 1 --seeds 3 --steps 30"
+    code, out, _ = _run(capsys, argv, out_dir)
+    assert code == 0
+    assert "gradient noise N(0, 1^2) per coordinate, 3 seeds; with seeds, final_*: the median" in out
+    rows = _parse_table(out, "surface")
+    assert [r["optimizer"] for r in rows] == ["SGD", "Momentum"]
+    assert all(
+        float(r["final_loss_q25"]) <= float(r["final_loss"]) <= float(r["final_loss_q75"]) for r in rows
+    )
+    assert len(read_run(out_dir / "ravine" / "Momentum" / "seed-2")["ravine/loss"]) == 31
+    assert (out_dir / "ravine.png").stat().st_size > 20_000
+
+
+def test_noisy_paths_are_the_numpy_reference_with_the_same_noise():
+    """ravine, gradient (x / 10, 10 y) plus noise 0.7 drawn as documented (NumPy, seeds 0..2);
+    SGD at 0.05 and heavy ball at 0.02, momentum 0.9, 25 steps, each seed a row of one variable."""
+    surface, steps, sigma = SURFACES["ravine"], 25, 0.7
+    kicks = sigma * np.stack([np.random.default_rng(s).normal(size=(steps, 2)) for s in range(3)], axis=1)
+    for optimizer, lr, mu in ((ko.SGD(0.05), 0.05, 0.0), (ko.Momentum(0.02, momentum=0.9), 0.02, 0.9)):
+        paths = trajectory(surface, optimizer, steps, noise=sigma, seeds=3)
+        w, v = np.tile(np.array(surface.start), (3, 1)), np.zeros((3, 2))
+        expected = [w.copy()]
+        for kick in kicks:
+            g = w * np.array([0.1, 10.0]) + kick
+            v = mu * v - np.float32(lr) * g
+            w = w + v
+            expected.append(w.copy())
+        np.testing.assert_allclose(paths, np.array(expected).transpose(1, 0, 2), rtol=1e-12, atol=1e-12)
+
+
+def test_surfaces_under_several_conventions_part_ways_where_they_should(tmp_path, capsys):
+    """Momentum under a step schedule (rate / 10 after half of 40 steps): Keras' rate inside the
+    velocity and PyTorch's outside are one path while the rate is constant and part after the
+    drop. RMSProp with epsilon 0.1: Keras and Optax put it inside the root (one path), PyTorch
+    outside (another)."""
+    out_dir = tmp_path / "c"
+    argv = (
+        "surfaces --surface ravine --optimizers Momentum,RMSProp --convention keras,pytorch,optax "
+        "--schedule step --epsilon 0.1 --steps 40 --lr Momentum=0.02"
+    )
+    code, out, _ = _run(capsys, argv, out_dir)
+    assert code == 0
+    rows = {(r["optimizer"], r["convention"]): r for r in _parse_table(out, "surface")}
+    assert len(rows) == 6 and rows[("RMSProp", "keras")]["final_x"] == rows[("RMSProp", "optax")]["final_x"]
+    assert rows[("RMSProp", "keras")]["final_x"] != rows[("RMSProp", "pytorch")]["final_x"]
+    x = {
+        c: np.array([float(v) for _, v in read_run(out_dir / "ravine" / f"Momentum-{c}")["ravine/x"]])
+        for c in ("keras", "pytorch")
+    }
+    np.testing.assert_allclose(x["keras"][:21], x["pytorch"][:21], rtol=1e-6)  # float32 events
+    assert abs(x["keras"][-1] - x["pytorch"][-1]) > 0.05
+    assert (out_dir / "ravine.png").stat().st_size > 20_000
+
+
+def test_surface_plots_zoom_on_paths_in_a_corner_and_their_legend_is_complete(tmp_path):
+    rastrigin = SURFACES["rastrigin"]
+    corner = {"SGD (lr=0.001)": np.array([rastrigin.start, (2.0, -2.0)])}
+    assert plots._zoom(rastrigin, corner) is not None
+    across = {"SGD (lr=0.001)": np.array([rastrigin.start, (-2.0, 2.0)])}
+    assert plots._zoom(rastrigin, across) is None
+    paths = {
+        "SGD (lr=0.001)": corner["SGD (lr=0.001)"],
+        "Adam (lr=0.1)": np.array([rastrigin.start, (1.9, -2.1)]),
+    }
+    labels = plots.surface(rastrigin, paths, tmp_path / "r.png")
+    assert labels == ["global minimum", *paths, "start", "end of a path (in its path's colour)"]
+
+
 def test_sweep_writes_plot_and_best_table(tmp_path, capsys):
     out_dir = tmp_path / "w"
     code, out, _ = _run(
@@ -112,9 +182,58 @@ def test_sweep_writes_plot_and_best_table(tmp_path, capsys):
     assert len(_read_csv(out_dir / "runs.csv")) == 4
 
 
+def test_lr_find_writes_table_plot_and_runs(tmp_path, capsys):
+    out_dir = tmp_path / "f"
+    argv = "lr-find --optimizers SGD,RMSProp --convention keras --steps 12 --seeds 2 --lr-min 1e-3 --lr-max 3"
+    code, out, err = _run(capsys, argv, out_dir)
+    assert code == 0, err
+    rows = _parse_table(out, "optimizer")
+    assert [r["optimizer"] for r in rows] == ["SGD", "RMSProp"]
+    assert _read_csv(out_dir / "suggestions.csv") == rows
+    for r in rows:
+        assert r["verdict"] == "ok" or r["suggested_lr"] == "-", r
+        if r["suggested_lr"] != "-":
+            assert float(r["lowest"]) <= float(r["suggested_lr"]) <= float(r["highest"])
+    assert "epsilon 1e-07 sits inside the square root" in out  # the note for Keras' RMSprop
+    assert (out_dir / "lr_find.png").stat().st_size > 20_000
+    events = read_run(out_dir / "RMSProp")
+    assert len(events["lr_find/learning_rate"]) == 12 and "lr_find/loss_seed_1" in events
+    _assert_tensorboard_command_runs_as_printed(out, out_dir)
+
+
+def test_stability_writes_map_and_table(tmp_path, capsys):
+    out_dir = tmp_path / "b"
+    argv = "stability --steps 60 --lr-points 12 --momentum-points 4 --lr-min 0.1 --momentum-max 0.9"
+    code, out, err = _run(capsys, argv, out_dir)
+    assert code == 0, err
+    rows = _parse_table(out, "optimizer")
+    assert [r["optimizer"] for r in rows] == ["Momentum", "NAG"]
+    assert all(int(r["boundary_cells_off"]) <= 1 and r["rows_within_one_cell"] == "4/4" for r in rows)
+    assert rows[0]["theory_momentum"] == "0.669" and rows[0]["theory_lr"] == "3.306"
+    cells = _read_csv(out_dir / "stability.csv")
+    assert len(cells) == 2 * 4 * 12 and {c["diverged"] for c in cells} == {"True", "False"}
+    assert (out_dir / "stability.png").stat().st_size > 20_000
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
+        (["lr-find", "--lr-min", "1", "--lr-max", "0.1"], "--lr-min must be below --lr-max, got 1 and 0.1"),
+        (["lr-find", "--steps", "4"], "--steps must be at least 5 (a curve to fit), got 4"),
+        (["lr-find", "--divergence", "1"], "--divergence must be above 1, got 1"),
+        (["lr-find", "--optimizers", "Adam,adam"], "--optimizers names Adam twice"),
+        (["lr-find", "--model", "cnn", "--dataset", "wine"], "--model cnn needs an image dataset"),
+        (["stability", "--optimizers", "Momentum,Adam"], "stability maps Momentum and NAG (SGD is their"),
+        (
+            ["stability", "--optimizers", "Lion"],
+            "unknown optimizer ['Lion']; choose from ['Momentum', 'NAG']",
+        ),
+        (["stability", "--kappa", "1"], "--kappa must be above 1, got 1"),
+        (["stability", "--tol", "2"], "--tol must be below 1 (a fraction of the initial loss), got 2"),
+        (["stability", "--momentum-max", "1"], "--momentum-max must be below 1, got 1"),
+        (["stability", "--lr-points", "1"], "--lr-points must be at least 2, got 1"),
+        (["stability", "--lr-min", "5", "--lr-max", "5"], "--lr-min must be below --lr-max, got 5 and 5"),
+        (["stability", "--tol", "0"], "argument --tol: must be a positive finite number, got '0'"),
         (["compare", "--optimizers", "Adamax"], "unknown optimizer ['Adamax']"),
         (["compare", "--dataset", "mnist"], "invalid choice: 'mnist'"),
         (["compare", "--epochs", "-3"], "must be a positive integer, got '-3'"),
@@ -130,6 +249,21 @@ def test_sweep_writes_plot_and_best_table(tmp_path, capsys):
         (["compare", "--epochs", "1", "--optimizers", "SGD, sgd"], "--optimizers names SGD twice"),
         (["sweep", "--epochs", "1", "--optimizers", "Adam,RMSProp,adam"], "--optimizers names Adam twice"),
         (["surfaces", "--steps", "1", "--surface", "ravine,Ravine"], "--surface names ravine twice"),
+        (
+            ["surfaces", "--seeds", "3"],
+            "--seeds 3 needs --noise (without noise every seed draws the same path)",
+        ),
+        (
+            ["surfaces", "--epsilon", "0.1", "--optimizers", "SGD,NAG"],
+            "--epsilon applies to Adagrad, RMSProp",
+        ),
+        (
+            ["surfaces", "--convention", "keras,jax"],
+            "unknown convention ['jax']; choose from ['ours', 'keras'",
+        ),
+        (["surfaces", "--convention", "keras,Keras"], "--convention names keras twice"),
+        (["surfaces", "--noise", "-1"], "argument --noise: must be a positive finite number, got '-1'"),
+        (["surfaces", "--schedule", "cosine"], "argument --schedule: invalid choice: 'cosine'"),
         (
             ["compare", "--epochs", "1", "--optimizers", "SGD", "--lr", "Adam=5"],
             "--lr sets Adam, which is not in --optimizers SGD",
@@ -427,6 +561,46 @@ def test_surfaces_interrupted_writes_what_finished_marked_partial(tmp_path, caps
     assert not (out_dir / "local_minimum.png").exists() and not (out_dir / "results.csv").exists()
 
 
+def test_lr_find_interrupted_writes_what_finished_marked_partial(tmp_path, capsys, monkeypatch):
+    """Ctrl-C in Adam's range test: SGD's result (a made-up curve, no training) is kept, partial."""
+    from keras_optlab.callbacks import LRFinder
+    from keras_optlab.callbacks.lr_finder import analyse
+
+    lrs = np.geomspace(1e-4, 1.0, 20)
+    curve = 2.3 - 2.0 / (1 + np.exp(-(np.log10(lrs) + 2) / 0.3))
+    calls = []
+
+    def find(self, model, x, y=None, sample_weight=None, *, batch_size=None):
+        calls.append(type(model.optimizer).__name__)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return analyse("SGD", lrs, curve[None], [2.3], (0,), 4.0, [20], [None])
+
+    monkeypatch.setattr(LRFinder, "find", find)
+    out_dir = tmp_path / "f"
+    code = _main(["lr-find", "--optimizers", "SGD,Adam", "--steps", "20", "--logdir", str(out_dir)])
+    out, err = capsys.readouterr()
+    assert code == 130 and calls == ["SGD", "Adam"]
+    assert _one_message(err) == (
+        f"keras-optlab: interrupted during Adam; wrote the 1 finished range test(s) to {out_dir} (partial)"
+    )
+    assert "partial: 1 of 2 optimizers finished; interrupted during Adam" in out
+    assert [r["optimizer"] for r in _read_csv(out_dir / "suggestions-partial.csv")] == ["SGD"]
+    assert (out_dir / "lr_find-partial.png").stat().st_size > 20_000
+
+
+def test_stability_interrupted_writes_nothing(tmp_path, capsys, monkeypatch):
+    def measure(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stability, "measure", measure)
+    code = _main(["stability", "--logdir", str(tmp_path / "b")])
+    assert code == 130 and not (tmp_path / "b").exists()
+    assert _one_message(capsys.readouterr().err) == (
+        "keras-optlab: interrupted during the stability maps; nothing written"
+    )
+
+
 # ------------------------------------------------- what the tables report
 @pytest.mark.filterwarnings("always::RuntimeWarning")
 def test_huge_numbers_have_four_significant_digits_and_warnings_their_own_line(tmp_path, capsys):
@@ -523,7 +697,7 @@ def test_help_of_every_command_imports_neither_tensorflow_nor_keras():
     script = f"""
 import sys
 from {module} import {function} as main
-for argv in ([], ["compare"], ["surfaces"], ["sweep"]):
+for argv in ([], ["compare"], ["surfaces"], ["sweep"], ["lr-find"], ["stability"]):
     try:
         main([*argv, "--help"])
     except SystemExit as exit:
@@ -543,6 +717,8 @@ print("MODULES", sorted(m for m in ("tensorflow", "keras", "keras_optlab") if m 
     assert "6 optimizers x 9 points x 2 seeds = 108 fits" in helps
     assert f"--surface SURFACE comma-separated, from {', '.join(SURFACES)}; or 'all' (default: all)" in helps
     assert "not below the loss of predicting the class prior" in helps
+    assert "--seeds SEEDS repeats, seeds 0..N-1 (data orders) (default: 3)" in helps
+    assert "--optimizers OPTIMIZERS comma-separated, each at most once (default: Momentum,NAG)" in helps
 
 
 def test_the_parsers_static_lists_are_the_packages():
@@ -556,6 +732,7 @@ def test_the_parsers_static_lists_are_the_packages():
     assert static.IMAGE_DATASETS == tuple(n for n in data.DATASETS if data.load(n).image_shape is not None)
     assert static.MODELS == training.MODELS
     assert static.SURFACES == tuple(SURFACES)
+    assert static.STABILITY_RULES == stability.RULES
     assert static.version() == ko.__version__
 
 

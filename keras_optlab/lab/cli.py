@@ -1,4 +1,4 @@
-"""The commands of `keras-optlab`: compare, surfaces and sweep.
+"""The commands of `keras-optlab`: compare, surfaces, sweep, lr-find and stability.
 
 The command line itself (the parser, the checks of the arguments, exit codes) is the
 top-level module `keras_optlab_cli`, which imports this module, and with it TensorFlow,
@@ -18,11 +18,23 @@ import shlex
 import sys
 import warnings
 
+import numpy as np
+
 import keras_optlab as ko
 from keras_optlab._paths import why_unwritable
 from keras_optlab_cli import DEFAULT_LR, Interrupted, UsageError, main
 
-__all__ = ["Interrupted", "UsageError", "compare", "main", "surfaces", "sweep", "tensorboard_command"]
+__all__ = [
+    "Interrupted",
+    "UsageError",
+    "compare",
+    "lr_find",
+    "main",
+    "stability",
+    "surfaces",
+    "sweep",
+    "tensorboard_command",
+]
 
 CLASSES = {cls.__name__: cls for cls in ko.ALL}
 
@@ -257,52 +269,105 @@ def _compare_report(runs, dataset, args, out, metric, metric_label, partial: str
 
 
 # ---------------------------------------------------------------- surfaces
+def _surface_optimizer(cls, convention: str, lr: float, args, steps: int):
+    """`cls` in `convention` at `lr`, with `--epsilon` and `--schedule` applied."""
+    import keras
+
+    from keras_optlab_cli import WITH_EPSILON
+
+    kwargs = {"epsilon": args.epsilon} if args.epsilon is not None and cls.__name__ in WITH_EPSILON else {}
+    rate = lr
+    if args.schedule == "step":  # lr for the first half of the steps, lr / 10 after
+        rate = keras.optimizers.schedules.PiecewiseConstantDecay([max(steps // 2 - 1, 0)], [lr, lr / 10])
+    if convention == "ours":
+        return cls(learning_rate=rate, **kwargs)
+    return cls.like(convention, learning_rate=rate, **kwargs)
+
+
+def _surface_settings(args) -> str | None:
+    """What the paths were drawn with, beyond the optimizers' defaults (a line above the plot)."""
+    parts = []
+    if args.noise is not None:
+        parts.append(f"gradient noise N(0, {args.noise:g}^2) per coordinate, {args.seeds} seeds")
+    if args.epsilon is not None:
+        parts.append(f"epsilon {args.epsilon:g}")
+    if args.schedule == "step":
+        parts.append("learning rate / 10 after half the steps")
+    if len(args.conventions) > 1:
+        parts.append("conventions " + ", ".join(args.conventions))
+    return "; ".join(parts) or None
+
+
 def surfaces(args) -> None:
     from keras_optlab.lab import plots
     from keras_optlab.lab.surfaces import SURFACES, default_learning_rate, trajectory
 
     classes = [CLASSES[name] for name in args.optimizer_names]
+    conventions = args.conventions
+    several = len(conventions) > 1
     out = _out_dir(args, "surfaces")
 
     import tensorflow as tf
 
     os.makedirs(out, exist_ok=True)
-    total = len(args.surface_names) * len(classes)
+    total = len(args.surface_names) * len(classes) * len(conventions)
     progress = _Progress(total)
+    settings = _surface_settings(args)
     rows, current, logging_to = [], None, None
-    name, paths, plotted = None, {}, False
+    name, paths, styles, plotted = None, {}, {}, False
     try:
         for name in args.surface_names:
-            surface, paths, plotted = SURFACES[name], {}, False
+            surface, paths, styles, plotted = SURFACES[name], {}, {}, False
+            steps = args.steps or surface.steps
             for cls in classes:
-                current = f"{name}: {cls.__name__}"
-                progress.show(len(rows), current)
-                lr = args.lr_values.get(cls.__name__, default_learning_rate(surface, cls))
-                with _warnings_on_their_own_lines(progress, current):
-                    points = trajectory(surface, _make(cls, args.convention, lr), steps=args.steps)
-                    values = surface.fn(points[:, 0], points[:, 1])
-                logging_to = os.path.join(out, name, cls.__name__)
-                with tf.summary.create_file_writer(logging_to).as_default():
-                    for step, (value, (x, y)) in enumerate(zip(values, points, strict=True)):
-                        tf.summary.scalar(f"{name}/loss", value, step=step)
-                        tf.summary.scalar(f"{name}/x", x, step=step)
-                        tf.summary.scalar(f"{name}/y", y, step=step)
-                logging_to = None
-                paths[f"{cls.__name__} (lr={lr:g})"] = points
-                rows.append(
-                    {
-                        "surface": name,
-                        "optimizer": cls.__name__,
+                for convention in conventions:
+                    run = f"{cls.__name__}-{convention}" if several else cls.__name__
+                    current = f"{name}: {cls.__name__}" + (f" ({convention})" if several else "")
+                    progress.show(len(rows), current)
+                    lr = args.lr_values.get(cls.__name__, default_learning_rate(surface, cls))
+                    optimizer = _surface_optimizer(cls, convention, lr, args, steps)
+                    with _warnings_on_their_own_lines(progress, current):
+                        if args.noise is None:
+                            points = trajectory(surface, optimizer, steps=args.steps)
+                        else:
+                            points = trajectory(surface, optimizer, steps, noise=args.noise, seeds=args.seeds)
+                        seeds = points if points.ndim == 3 else points[None]
+                        values = surface.fn(seeds[:, :, 0], seeds[:, :, 1])
+                    for k, (path, value) in enumerate(zip(seeds, values, strict=True)):
+                        logging_to = os.path.join(
+                            out, name, run, *([f"seed-{k}"] if points.ndim == 3 else [])
+                        )
+                        with tf.summary.create_file_writer(logging_to).as_default():
+                            for step, (v, (x, y)) in enumerate(zip(value, path, strict=True)):
+                                tf.summary.scalar(f"{name}/loss", v, step=step)
+                                tf.summary.scalar(f"{name}/x", x, step=step)
+                                tf.summary.scalar(f"{name}/y", y, step=step)
+                    logging_to = None
+                    label = f"{cls.__name__}{', ' + convention if several else ''} (lr={lr:g})"
+                    paths[label] = points
+                    styles[label] = (
+                        plots.convention_style(cls.__name__, convention)
+                        if several
+                        else {"color": plots.COLOURS[cls.__name__], "linestyle": "-"}
+                    )
+                    ends = seeds[:, -1]
+                    row = {"surface": name, "optimizer": cls.__name__}
+                    if several:
+                        row["convention"] = convention
+                    row |= {
                         "lr": f"{lr:g}",
-                        "final_x": _number(points[-1, 0]),
-                        "final_y": _number(points[-1, 1]),
-                        "final_loss": _number(values[-1]),
+                        "final_x": _number(float(np.median(ends[:, 0]))),
+                        "final_y": _number(float(np.median(ends[:, 1]))),
+                        "final_loss": _number(float(np.median(values[:, -1]))),
                     }
-                )
+                    if points.ndim == 3:
+                        row["final_loss_q25"] = _number(float(np.quantile(values[:, -1], 0.25)))
+                        row["final_loss_q75"] = _number(float(np.quantile(values[:, -1], 0.75)))
+                    rows.append(row)
             current = f"{name}: the plot"
-            plots.surface(surface, paths, os.path.join(out, f"{name}.png"))
+            plots.surface(surface, paths, os.path.join(out, f"{name}.png"), note=settings, styles=styles)
             if args.gif:
-                plots.surface_animation(surface, paths, os.path.join(out, f"{name}.gif"))
+                plots.surface_animation(surface, paths, os.path.join(out, f"{name}.gif"), styles=styles)
             plotted, current = True, None
         progress.done()
     except KeyboardInterrupt:
@@ -317,20 +382,27 @@ def surfaces(args) -> None:
         note = f"{len(rows)} of {total} paths finished; interrupted {where}"
         if paths and not plotted:
             figure = os.path.join(out, f"{name}-partial.png")
-            plots.surface(SURFACES[name], paths, figure, note=f"PARTIAL: {note}")
+            marked = f"PARTIAL: {note}" + (f"\n{settings}" if settings else "")
+            plots.surface(SURFACES[name], paths, figure, note=marked, styles=styles)
         _surfaces_report(rows, out, partial=note)
         raise Interrupted(
             f"interrupted {where}; wrote the {len(rows)} finished path(s) to {out} (partial){kept}"
         ) from None
     finally:
         progress.end()
-    _surfaces_report(rows, out)
+    _surfaces_report(rows, out, settings)
 
 
-def _surfaces_report(rows, out, partial: str | None = None) -> None:
+def _surfaces_report(rows, out, settings: str | None = None, partial: str | None = None) -> None:
     if partial:
         print(f"\npartial: {partial}")
     print()
+    if settings:
+        print(
+            f"{settings}; with seeds, final_*: the median over the seeds\n"
+            if "seeds" in settings
+            else f"{settings}\n"
+        )
     print(_table(rows, list(rows[0])))
     table = os.path.join(out, "results-partial.csv" if partial else "results.csv")
     _write_csv(table, rows, list(rows[0]))
@@ -473,6 +545,195 @@ def _sweep_report(fits, args, dataset, prior, out, partial: str | None = None) -
     runs_csv = os.path.join(out, f"runs{suffix}.csv")
     _write_csv(runs_csv, detail, list(detail[0]))
     print(f"\nwrote {figure}, {best_csv} and {runs_csv}")
+
+
+# ----------------------------------------------------------------- lr-find
+def lr_find(args) -> None:
+    from keras_optlab.callbacks import LRFinder
+    from keras_optlab.lab import data, training
+
+    classes = [CLASSES[name] for name in args.optimizer_names]
+    out = _out_dir(args, "lr-find")
+    dataset = data.load(args.dataset, seed=0)
+    model = training.build_model(dataset, args.model, seed=0)
+    os.makedirs(out, exist_ok=True)
+    results, current = [], None
+    progress = _Progress(len(classes))
+    try:
+        for i, cls in enumerate(classes):
+            current = cls.__name__
+            progress.show(i, f"range test of {current}")
+            # The rate the optimizer is built with does not matter: the finder ramps its own.
+            training.compile_for(model, dataset, _make(cls, args.convention, DEFAULT_LR[current]))
+            finder = LRFinder(
+                lr_min=args.lr_min,
+                lr_max=args.lr_max,
+                steps=args.steps,
+                seeds=args.seeds,
+                divergence=args.divergence,
+                batch_size=args.batch_size,
+                logdir=os.path.join(out, current),
+                verbose=False,
+            )
+            with _warnings_on_their_own_lines(progress, current):
+                results.append(finder.find(model, dataset.x_train, dataset.y_train))
+            current = None
+        progress.done()
+    except KeyboardInterrupt:
+        progress.end()
+        where = f"during {current}" if current else "between two range tests"
+        aside = _set_aside(os.path.join(out, current)) if current else None
+        kept = f" (its TensorBoard run: {aside})" if aside else ""
+        if not results:
+            raise Interrupted(
+                f"interrupted {where}, before any range test finished; no results written{kept}"
+            ) from None
+        note = f"{len(results)} of {len(classes)} optimizers finished; interrupted {where}"
+        _lr_find_report(results, dataset, args, out, partial=note)
+        raise Interrupted(
+            f"interrupted {where}; wrote the {len(results)} finished range test(s) to {out} (partial){kept}"
+        ) from None
+    finally:
+        progress.end()
+    _lr_find_report(results, dataset, args, out)
+
+
+def _lr_find_report(results, dataset, args, out, partial: str | None = None) -> None:
+    from keras_optlab.lab import plots
+
+    def rate(value):
+        return f"{value:.3g}" if value is not None else "-"
+
+    rows = []
+    for result in results:
+        low, high = result.spread or (None, None)
+        lowest = [f.lowest for f in result.repeat_fits if f.lowest is not None]
+        diverged = result.diverged_range()
+        rows.append(
+            {
+                "optimizer": result.optimizer,
+                "suggested_lr": rate(result.suggestion),
+                "lowest": rate(low),
+                "highest": rate(high),
+                "loss_lowest_at": rate(float(np.exp(np.median(np.log(lowest)))) if lowest else None),
+                "diverged_at": rate(diverged[0] if diverged else None),
+                "diverged_seeds": sum(r is not None for r in result.diverged_at),
+                "verdict": result.verdict.split(":")[0].replace(" ", "-"),
+            }
+        )
+    suffix = "-partial" if partial else ""
+    if partial:
+        print(f"\npartial: {partial}")
+    print(
+        f"\n{dataset.name}, {args.model}, batch {args.batch_size}, convention {args.convention}: "
+        f"learning rates {args.lr_min:g} to {args.lr_max:g} in {args.steps} steps, {args.seeds} seed(s); "
+        "suggested_lr: the median over the seeds of the rate of steepest descent of the fitted loss; "
+        "lowest and highest: the seeds' range; loss_lowest_at: the median rate of the fitted minimum; "
+        f"diverged_at: the median rate where a seed's smoothed loss exceeded {args.divergence:g} x its "
+        "lowest\n"
+    )
+    print(_table(rows, list(rows[0])))
+    for result in results:
+        if result.suggestion is None:
+            print(f"{result.optimizer}: no suggestion: {result.verdict}")
+    notes = [note for result in results for note in result.notes]
+    if notes:
+        print("\nconventions:")
+        for note in notes:
+            print(f"  {note}")
+    table = os.path.join(out, f"suggestions{suffix}.csv")
+    _write_csv(table, rows, list(rows[0]))
+    figure = os.path.join(out, f"lr_find{suffix}.png")
+    title = (
+        f"Learning-rate range test: {dataset.name}, {args.model}, batch {args.batch_size}, "
+        f"{args.steps} steps from {args.lr_min:g} to {args.lr_max:g}, {args.seeds} seed(s)"
+    )
+    plots.lr_find(results, figure, title, note=f"PARTIAL ({partial})" if partial else None)
+    print(f"\nwrote {figure} and {table}")
+    print(f"TensorBoard: {tensorboard_command(out)}   (then open http://localhost:6006)")
+
+
+# --------------------------------------------------------------- stability
+def stability(args) -> None:
+    import numpy as np
+
+    from keras_optlab.lab import plots
+    from keras_optlab.lab import stability as maps_of
+
+    out = _out_dir(args, "stability")
+    lrs = np.geomspace(args.lr_min, args.lr_max, args.lr_points)
+    momenta = np.linspace(0.0, args.momentum_max, args.momentum_points)
+    progress = _Progress(args.steps)
+    try:
+        with _warnings_on_their_own_lines(progress, "stability"):
+            maps = maps_of.measure(
+                args.rule_names,
+                kappa=args.kappa,
+                learning_rates=lrs,
+                momenta=momenta,
+                steps=args.steps,
+                tol=args.tol,
+                convention=args.convention,
+                progress=lambda done, total: progress.show(
+                    done, f"{', '.join(args.rule_names)}: step {done}"
+                ),
+            )
+        progress.done()
+    except KeyboardInterrupt:
+        progress.end()
+        raise Interrupted("interrupted during the stability maps; nothing written") from None
+    finally:
+        progress.end()
+    os.makedirs(out, exist_ok=True)
+    optimum = maps_of.polyak(args.kappa)
+    rows = []
+    for rule, m in maps.items():
+        off = np.abs(m.measured_boundary() - m.theory_boundary())
+        best = m.best()
+        rows.append(
+            {
+                "optimizer": rule,
+                "boundary_cells_off": f"{int(off.max())}",
+                "rows_within_one_cell": f"{int((off <= 1).sum())}/{len(off)}",
+                "best_momentum": f"{best[0]:.3f}" if best else "-",
+                "best_lr": f"{best[1]:.4g}" if best else "-",
+                "best_steps": best[2] if best else "-",
+                "theory_momentum": f"{optimum[1]:.3f}" if rule == "Momentum" else "-",
+                "theory_lr": f"{optimum[0]:.4g}" if rule == "Momentum" else "-",
+            }
+        )
+    lam = maps_of.eigenvalues(args.kappa)
+    print(
+        f"\nquadratic with kappa {args.kappa:g} ({len(lam)} eigenvalues from {lam[0]:.3g} to 1 = L), "
+        f"{args.steps} steps per cell, tol {args.tol:g}, convention {args.convention}; "
+        f"{args.lr_points} learning rates (x 1/L) from {args.lr_min:g} to {args.lr_max:g}, "
+        f"{args.momentum_points} momenta from 0 to {args.momentum_max:g}. boundary_cells_off: the "
+        "largest distance, in grid cells, between the first learning rate that diverged and the first "
+        "above the theory's bound, over the momenta; best: the cell that reached tol in the fewest "
+        "steps; theory: Polyak's optimal heavy ball\n"
+    )
+    print(_table(rows, list(rows[0])))
+    detail = [
+        {
+            "optimizer": rule,
+            "momentum": f"{beta:.4g}",
+            "lr": f"{lr:.4g}",
+            "steps_to_tol": int(m.steps_to_tol[i, j]) if m.steps_to_tol[i, j] > 0 else "-",
+            "diverged": bool(m.diverged[i, j]),
+        }
+        for rule, m in maps.items()
+        for i, beta in enumerate(m.momenta)
+        for j, lr in enumerate(m.learning_rates)
+    ]
+    table = os.path.join(out, "stability.csv")
+    _write_csv(table, detail, list(detail[0]))
+    figure = os.path.join(out, "stability.png")
+    title = (
+        f"Steps to {args.tol:g} x the initial loss on a quadratic, kappa = {args.kappa:g}, "
+        f"{args.steps} steps (keras_optlab's optimizers)"
+    )
+    plots.stability(maps, figure, title, polyak=optimum if "Momentum" in maps else None)
+    print(f"\nwrote {figure} and {table}")
 
 
 if __name__ == "__main__":

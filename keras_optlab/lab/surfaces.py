@@ -31,6 +31,7 @@ class Surface:
     steps: int
     log_scale: bool = False  # contour levels on a log scale
     local_minimum: tuple[float, float] | None = None
+    contour_levels: int = 30
 
 
 def _cos(x):
@@ -115,6 +116,7 @@ SURFACES = {
             plain_lr=1e-3,
             adaptive_lr=0.1,
             steps=500,
+            contour_levels=12,  # 30 levels of its 36 wells fill the plot
         ),
     ]
 }
@@ -126,21 +128,48 @@ def default_learning_rate(surface: Surface, cls) -> float:
     return surface.adaptive_lr if issubclass(cls, ADAPTIVE) else surface.plain_lr
 
 
-def trajectory(surface: Surface, optimizer, steps: int | None = None, start=None) -> np.ndarray:
-    """The points visited, shape (steps + 1, 2), from `optimizer` on `surface`."""
-    point = keras.Variable(np.array(start or surface.start, dtype="float64"), dtype="float64")
+def trajectory(
+    surface: Surface, optimizer, steps: int | None = None, start=None, noise: float = 0.0, seeds: int = 1
+) -> np.ndarray:
+    """The points visited, shape (steps + 1, 2), from `optimizer` on `surface`.
+
+    With `noise` > 0 each step's gradient gets Gaussian noise of that standard deviation per
+    coordinate, drawn from NumPy with seeds 0..`seeds`-1, and the result has shape (seeds,
+    steps + 1, 2): one path per seed. The seeds run as the rows of one (seeds, 2) variable
+    stepped by the one optimizer: every rule here is element-wise, so each row moves as a run
+    of its own would (the loss summed over the rows has each row's gradient as that row's)."""
+    steps = steps or surface.steps
+    if not noise:
+        point = keras.Variable(np.array(start or surface.start, dtype="float64"), dtype="float64")
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                value = surface.fn(point.value[0], point.value[1])
+            optimizer.apply([tape.gradient(value, point.value)], [point])
+
+        points = [point.numpy().copy()]
+        for _ in range(steps):
+            step()
+            points.append(point.numpy().copy())
+        return np.array(points)
+    kicks = np.stack([np.random.default_rng(seed).normal(size=(steps, 2)) for seed in range(seeds)], axis=1)
+    kicks = noise * kicks  # (steps, seeds, 2)
+    point = keras.Variable(
+        np.tile(np.array(start or surface.start, dtype="float64"), (seeds, 1)), dtype="float64"
+    )
 
     @tf.function
-    def step():
+    def noisy_step(kick):
         with tf.GradientTape() as tape:
-            value = surface.fn(point.value[0], point.value[1])
-        optimizer.apply([tape.gradient(value, point.value)], [point])
+            value = tf.reduce_sum(surface.fn(point.value[:, 0], point.value[:, 1]))
+        optimizer.apply([tape.gradient(value, point.value) + kick], [point])
 
     points = [point.numpy().copy()]
-    for _ in range(steps or surface.steps):
-        step()
+    for kick in kicks:
+        noisy_step(tf.constant(kick))
         points.append(point.numpy().copy())
-    return np.array(points)
+    return np.array(points).transpose(1, 0, 2)
 
 
 def oscillation(points: np.ndarray, axis: int = 1) -> float:
