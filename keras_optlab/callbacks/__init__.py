@@ -1,6 +1,6 @@
-"""Callbacks that show inside the optimizer in TensorBoard."""
+"""Callbacks that show inside the optimizer in TensorBoard, and a learning-rate finder."""
 
 from keras_optlab.callbacks.diagnostics import OptimizerDiagnostics
-from keras_optlab.callbacks.lr_finder import LRFinder as LRFinder
+from keras_optlab.callbacks.lr_finder import LRFinder
 
-__all__ = ["OptimizerDiagnostics"]
+__all__ = ["LRFinder", "OptimizerDiagnostics"]
