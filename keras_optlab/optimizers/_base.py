@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import keras
 from keras import ops
 
-from keras_optlab.optimizers import _decay, _groups, _layout, _paths, _saving, _sparse
+from keras_optlab.optimizers import _decay, _groups, _layout, _paths, _record, _saving, _sparse
 from keras_optlab.optimizers._layout import SlotLayout
 from keras_optlab.optimizers._rule import Rule
 from keras_optlab.optimizers._state import StateAccess
@@ -146,6 +146,9 @@ class OptlabOptimizer(Rule, StateAccess, keras.optimizers.Optimizer):
         #: The driver of each variable in the step traced (or run eagerly) last: a list of
         #: (driver, variable paths), for a look at which path a step takes (`_paths.py`).
         self.update_plan = []
+        #: Gradient norms recorded at every step, once asked for (`record_gradient_norms`).
+        self.gradient_record = None
+        self._record_gradients = False
 
     @classmethod
     def checked(cls, **values) -> tuple:
@@ -192,6 +195,8 @@ class OptlabOptimizer(Rule, StateAccess, keras.optimizers.Optimizer):
         _decay.exclude_indices(self, var_list)
         super().build(var_list)
         self._layout = SlotLayout(self, var_list, self.flat_slots)
+        if self._record_gradients:
+            self.gradient_record = _record.GradientRecord(len(var_list))
         if self._deferred_load is not None:
             deferred, self._deferred_load = self._deferred_load, None
             _saving.assign(self, _saving.loadable(self, *deferred))
@@ -208,6 +213,31 @@ class OptlabOptimizer(Rule, StateAccess, keras.optimizers.Optimizer):
         if rest:  # Keras' own loop, `update_step` per variable
             variables = [route.variable for route in rest]
             super()._backend_update_step([route.gradient for route in rest], variables, learning_rate)
+
+    def record_gradient_norms(self):
+        """Records, from now on, the gradient norms of every step outside the optimizer's
+        variables (`_record.py`: never saved); returns the record (None until built).
+        For the diagnostics' clipping advisor; TensorFlow only. Call it before the train
+        step is traced (Keras caches it): the diagnostics call it at the start of `fit`."""
+        if keras.backend.backend() != "tensorflow":
+            raise RuntimeError(
+                f"Gradient norms are recorded on TensorFlow only, not {keras.backend.backend()}."
+            )
+        self._record_gradients = True
+        if self.built and self.gradient_record is None:
+            self.gradient_record = _record.GradientRecord(len(self._trainable_variables))
+        return self.gradient_record
+
+    def _backend_apply_gradients(self, grads, trainable_variables):
+        if self.gradient_record is not None:
+            indices = [self._get_variable_index(v) for v in trainable_variables]
+            self.gradient_record.record_received(grads, indices)
+        super()._backend_apply_gradients(grads, trainable_variables)
+
+    def _clip_gradients(self, grads):
+        if self.gradient_record is not None:
+            self.gradient_record.record_clipped(grads, self.clipnorm, self.global_clipnorm, self.clipvalue)
+        return super()._clip_gradients(grads)
 
     def update_step(self, gradient, variable, learning_rate):
         """Keras' step of one variable (its distributed path calls it): the reference driver."""

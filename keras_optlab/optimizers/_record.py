@@ -1,0 +1,85 @@
+"""Gradient norms an optimizer records for the diagnostics, outside its variables.
+
+Keras clips the gradients inside `apply`, where no callback sees them. When asked
+(`OptlabOptimizer.record_gradient_norms()`, which the diagnostics call), a keras_optlab
+optimizer records at every step, in TensorFlow variables of its own that are not
+among `optimizer.variables` and are never saved:
+
+- `norms`: the norm of each variable's gradient in the last step, as `apply`
+  received it (after loss-scale removal; under `gradient_accumulation_steps`, of the
+  last micro-batch), by the variable's index in the optimizer;
+- `global_norm`: the global norm of the gradients that clipping saw in the last
+  update step (under accumulation, of their mean), and over all update steps so far
+  `steps`, a histogram of its log10 (`histogram`, bins of `WIDTH` decades from
+  `LOW`, for running quantiles), and how many steps clipping changed: `clipped` (a
+  variable's norm above `clipnorm`, the global norm above `global_clipnorm`, or an
+  element above `clipvalue`, whichever is set).
+
+TensorFlow only: on JAX the optimizer's step is stateless, and state of its own
+would have to be saved with it.
+"""
+
+from __future__ import annotations
+
+import math
+
+from keras_optlab.optimizers import _sparse
+
+#: The histogram of log10(global norm): `BINS` bins of `WIDTH` decades from `LOW`
+#: (1e-30 to 1e30: any float32 norm that matters), ends folded in (and counted).
+LOW, WIDTH, BINS = -30.0, 0.025, 2400
+
+
+class GradientRecord:
+    """The record's variables (see the module's docstring)."""
+
+    def __init__(self, count: int):
+        import tensorflow as tf
+
+        with tf.init_scope():
+            self.norms = tf.Variable(tf.zeros(count), trainable=False, name="gradient_norms")
+            self.global_norm = tf.Variable(0.0, trainable=False, name="gradient_global_norm")
+            self.steps = tf.Variable(0.0, trainable=False, name="gradient_steps")
+            self.clipped = tf.Variable(0.0, trainable=False, name="gradient_clipped_steps")
+            self.histogram = tf.Variable(tf.zeros(BINS), trainable=False, name="gradient_norm_histogram")
+
+    def record_received(self, grads, indices):
+        """Each variable's gradient norm, as `apply` received it."""
+        import tensorflow as tf
+
+        norms = tf.sqrt(tf.stack([_sum_of_squares(g) for g in grads]))
+        self.norms.scatter_nd_update(tf.constant([[i] for i in indices]), norms)
+
+    def record_clipped(self, grads, clipnorm, global_clipnorm, clipvalue):
+        """The global norm of the gradients clipping sees, and whether it changes them."""
+        import tensorflow as tf
+
+        present = [g for g in grads if g is not None]
+        squares = [_sum_of_squares(g) for g in present]
+        global_norm = tf.sqrt(tf.add_n(squares))
+        if clipnorm:
+            clipped = tf.reduce_max(tf.sqrt(tf.stack(squares))) > clipnorm
+        elif global_clipnorm:
+            clipped = global_norm > global_clipnorm
+        elif clipvalue:
+            clipped = (
+                tf.reduce_max(tf.stack([tf.reduce_max(tf.abs(_values(g))) for g in present])) > clipvalue
+            )
+        else:
+            clipped = tf.constant(False)
+        log10 = tf.math.log(tf.maximum(global_norm, 1e-30)) / math.log(10.0)
+        index = tf.clip_by_value(tf.cast(tf.floor((log10 - LOW) / WIDTH), tf.int32), 0, BINS - 1)
+        self.global_norm.assign(global_norm)
+        self.steps.assign_add(1.0)
+        self.clipped.assign_add(tf.cast(clipped, tf.float32))
+        self.histogram.scatter_nd_add([[index]], [1.0])
+
+
+def _values(gradient):
+    return _sparse.sum_duplicates(gradient)[0] if _sparse.is_indexed_slices(gradient) else gradient
+
+
+def _sum_of_squares(gradient):
+    import tensorflow as tf
+
+    return tf.reduce_sum(tf.square(tf.cast(_values(gradient), tf.float32)))

@@ -1,0 +1,81 @@
+"""Gradient norms recorded at every step for the diagnostics, outside the optimizer's
+variables: their values against a GradientTape, and nothing saved because of them."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_optlab as ko
+
+BATCH = 16
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4 * BATCH, 5)).astype("float32")
+    return x, (x @ rng.normal(size=(5, 2))).astype("float32")
+
+
+def _model(optimizer):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((5,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(2)]
+    )
+    model.compile(optimizer=optimizer, loss="mse")
+    return model
+
+
+class _Before(keras.callbacks.Callback):
+    """Keeps the weights before each batch."""
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.weights, self.batch = [v.numpy().copy() for v in self.model.trainable_variables], batch
+
+
+def _gradients(model, weights, batch):
+    for variable, value in zip(model.trainable_variables, weights, strict=True):
+        variable.assign(value)
+    x, y = _data()
+    rows = slice(batch * BATCH, (batch + 1) * BATCH)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(keras.losses.mean_squared_error(y[rows], model(x[rows])))
+    return [g.numpy() for g in tape.gradient(loss, model.trainable_variables)]
+
+
+@pytest.mark.parametrize("clip, clipped", [({"global_clipnorm": 1e-3}, 4), ({"global_clipnorm": 1e3}, 0)])
+def test_the_norms_of_the_last_step_and_the_count_of_clipped_steps(clip, clipped):
+    optimizer = ko.Adam(0.01, **clip)
+    optimizer.record_gradient_norms()
+    model, before = _model(optimizer), _Before()
+    model.fit(*_data(), batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[before])
+    record = optimizer.gradient_record
+    grads = _gradients(model, before.weights, before.batch)
+    np.testing.assert_allclose(record.norms.numpy(), [np.linalg.norm(g) for g in grads], rtol=1e-5)
+    global_norm = np.sqrt(sum((g**2).sum() for g in grads))
+    assert float(record.global_norm) == pytest.approx(global_norm, rel=1e-5)
+    assert float(record.steps) == 4 and float(record.clipped) == clipped
+    assert record.histogram.numpy().sum() == 4
+
+
+def test_under_accumulation_clipping_sees_the_mean_at_update_steps_only():
+    optimizer = ko.SGD(0.01, gradient_accumulation_steps=2, clipnorm=1e-6)
+    optimizer.record_gradient_norms()
+    model = _model(optimizer)
+    model.fit(*_data(), batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    assert float(optimizer.gradient_record.steps) == 2 == float(optimizer.gradient_record.clipped)
+
+
+def test_the_record_changes_neither_the_optimizers_variables_nor_what_is_saved(tmp_path):
+    files = []
+    for record in (False, True):
+        optimizer = ko.Adam(0.01)
+        if record:
+            optimizer.record_gradient_norms()
+        model = _model(optimizer)
+        model.fit(*_data(), batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+        model.save_weights(tmp_path / f"{record}.weights.h5")
+        files.append(([tuple(v.shape) for v in optimizer.variables], model.get_weights()))
+    assert files[0][0] == files[1][0]
+    for a, b in zip(files[0][1], files[1][1], strict=True):
+        np.testing.assert_array_equal(a, b)  # recording changes no step
