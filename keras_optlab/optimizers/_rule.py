@@ -125,6 +125,12 @@ class Rule:
         """Named intermediate terms of a step (bias corrections, say), for `explain_update`."""
         return {}
 
+    def stability_limit(self) -> float:
+        """The rule on a quadratic with Hessian H is stable while the top eigenvalue of
+        diag(rate) H (rate: the effective learning rate) stays below this limit: 2 for a
+        rule without momentum (SGD: lr * lambda_max < 2)."""
+        return 2.0
+
     def explain(self, g, state: dict, lr, t) -> dict:
         """The terms of one step on `g` from `state`, computed without applying it: the
         gradient, each slot's new value, the rule's own `terms`, the denominator's parts

@@ -179,6 +179,9 @@ class Adam(OptlabOptimizer):
             grad=g,
         )
 
+    def stability_limit(self):
+        return (2 + 2 * self.beta_1) / (1 - self.beta_1)  # Cohen et al. 2022, preconditioned by rate
+
     def state_meaning(self):
         return {"amsgrad_max": self.amsgrad_max} if self.amsgrad else {}  # the maximum's meaning
 

@@ -102,6 +102,9 @@ class Momentum(OptlabOptimizer):
             use_nesterov=self.nesterov,
         )
 
+    def stability_limit(self):
+        return 2 + 2 * self.momentum  # heavy ball: lr * lambda < 2 (1 + mu)
+
     def state_meaning(self):
         return {"lr_in_momentum": self.lr_in_momentum}  # the velocity's units
 

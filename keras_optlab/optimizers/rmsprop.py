@@ -140,6 +140,9 @@ class RMSProp(OptlabOptimizer):
             state["momentum"] = b / lr if self.lr_in_momentum else b * lr
         return state
 
+    def stability_limit(self):
+        return 2 + 2 * self.momentum  # the preconditioned heavy ball (2 without momentum)
+
     def state_meaning(self):
         return {"lr_in_momentum": self.lr_in_momentum} if self.momentum > 0 else {}  # the buffer's units
 
