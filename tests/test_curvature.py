@@ -50,13 +50,18 @@ def test_the_stability_limit_is_where_a_quadratic_starts_to_diverge(cls, kwargs)
     for factor in (0.98, 1.02):
         optimizer = cls(learning_rate=factor * limit / lam, **kwargs)
         w = keras.Variable(np.ones(1), dtype="float64")
-        optimizer.build([w])
-
-        @tf.function
-        def steps(optimizer=optimizer, w=w):
-            for _ in tf.range(400):
-                optimizer.apply([lam * w.value], [w])
-
-        steps()
+        _run(optimizer, w, lam, 400)
         ends.append(abs(float(w.numpy()[0])))
     assert ends[0] < 1e-2 and ends[1] > 1e2
+
+
+def _run(optimizer, w, lam, steps):
+    """`steps` steps of gradient lam * w, in one traced loop."""
+    optimizer.build([w])
+
+    @tf.function
+    def run():
+        for _ in tf.range(steps):
+            optimizer.apply([lam * w.value], [w])
+
+    run()
