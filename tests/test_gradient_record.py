@@ -79,3 +79,30 @@ def test_the_record_changes_neither_the_optimizers_variables_nor_what_is_saved(t
     assert files[0][0] == files[1][0]
     for a, b in zip(files[0][1], files[1][1], strict=True):
         np.testing.assert_array_equal(a, b)  # recording changes no step
+
+
+def test_the_noise_scale_from_two_batch_sizes_on_data_of_known_covariance():
+    """The loss mean(x . w) has the gradient mean(x) whatever w: with x ~ N(mu, sigma^2 I)
+    in D dimensions, |G|^2 = |mu|^2 and tr(Sigma) = D sigma^2, so B_simple = D sigma^2 / |mu|^2
+    = 4 examples here. The recorded estimate equals a NumPy implementation of the same
+    estimator (McCandlish et al. 2018, appendix A) on the same batches, and lies near 4."""
+    dims, micro, n, updates = 10, 8, 4, 100
+    rng = np.random.default_rng(0)
+    x = (0.5 + rng.normal(size=(updates * n * micro, dims))).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((dims,)), keras.layers.Dense(1, use_bias=False)])
+    optimizer = ko.SGD(0.0, gradient_accumulation_steps=n)
+    optimizer.record_gradient_norms()
+    model.compile(optimizer=optimizer, loss=lambda y, prediction: prediction)  # the loss is mean(x . w)
+    model.fit(x, np.zeros(len(x)), batch_size=micro, epochs=1, shuffle=False, verbose=0)
+    got = optimizer.gradient_record.noise_scale(micro)
+
+    g2 = trace = 0.0  # the estimator, written out
+    for window in x.reshape(updates, n, micro, dims):
+        small = np.mean([np.sum(batch.mean(axis=0) ** 2) for batch in window])
+        big = np.sum(window.reshape(n * micro, dims).mean(axis=0) ** 2)
+        g2 = 0.95 * g2 + 0.05 * (n * big - small) / (n - 1)
+        trace = 0.95 * trace + 0.05 * n * (small - big) / (n - 1)
+    want = micro * trace / g2
+    assert got == pytest.approx(want, rel=1e-3)
+    assert got == pytest.approx(dims * 1.0 / (dims * 0.25), rel=0.3)  # 4, within the estimate's spread

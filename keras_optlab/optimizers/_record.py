@@ -15,8 +15,18 @@ among `optimizer.variables` and are never saved:
   variable's norm above `clipnorm`, the global norm above `global_clipnorm`, or an
   element above `clipvalue`, whichever is set).
 
+Under `gradient_accumulation_steps` = n > 1 the optimizer sees two batch sizes, the
+micro-batch's b and the update's nb, and so the gradient noise scale (McCandlish et
+al. 2018, "An Empirical Model of Large-Batch Training", appendix A): from the mean
+|G_b|^2 of a window's micro-batches and |G_nb|^2 of their mean, unbiased estimates of
+|G|^2 = (n |G_nb|^2 - |G_b|^2) / (n - 1) and of tr(Sigma) / b = n (|G_b|^2 - |G_nb|^2) /
+(n - 1), each smoothed separately (`noise_g2`, `noise_trace`: exponential averages with
+factor `NOISE_DECAY`, `noise_weight` their weight, for the bias correction); their
+ratio times b is B_simple = tr(Sigma) / |G|^2, the critical batch size it implies.
+
 TensorFlow only: on JAX the optimizer's step is stateless, and state of its own
-would have to be saved with it.
+would have to be saved with it. Not under a tf.distribute strategy (the replicas'
+gradients are reduced after clipping, out of the optimizer's sight).
 """
 
 from __future__ import annotations
@@ -28,6 +38,8 @@ from keras_optlab.optimizers import _sparse
 #: The histogram of log10(global norm): `BINS` bins of `WIDTH` decades from `LOW`
 #: (1e-30 to 1e30: any float32 norm that matters), ends folded in (and counted).
 LOW, WIDTH, BINS = -30.0, 0.025, 2400
+#: The smoothing of the noise scale's two estimates (one update step's weight: 1 - this).
+NOISE_DECAY = 0.95
 
 
 class GradientRecord:
@@ -42,13 +54,20 @@ class GradientRecord:
             self.steps = tf.Variable(0.0, trainable=False, name="gradient_steps")
             self.clipped = tf.Variable(0.0, trainable=False, name="gradient_clipped_steps")
             self.histogram = tf.Variable(tf.zeros(BINS), trainable=False, name="gradient_norm_histogram")
+            self.window_squares = tf.Variable(0.0, trainable=False, name="gradient_window_squares")
+            self.window_count = tf.Variable(0.0, trainable=False, name="gradient_window_count")
+            self.noise_g2 = tf.Variable(0.0, trainable=False, name="gradient_noise_g2")
+            self.noise_trace = tf.Variable(0.0, trainable=False, name="gradient_noise_trace")
+            self.noise_weight = tf.Variable(0.0, trainable=False, name="gradient_noise_weight")
 
     def record_received(self, grads, indices):
         """Each variable's gradient norm, as `apply` received it."""
         import tensorflow as tf
 
-        norms = tf.sqrt(tf.stack([_sum_of_squares(g) for g in grads]))
-        self.norms.scatter_nd_update(tf.constant([[i] for i in indices]), norms)
+        squares = tf.stack([_sum_of_squares(g) for g in grads])
+        self.norms.scatter_nd_update(tf.constant([[i] for i in indices]), tf.sqrt(squares))
+        self.window_squares.assign_add(tf.reduce_sum(squares))
+        self.window_count.assign_add(1.0)
 
     def record_clipped(self, grads, clipnorm, global_clipnorm, clipvalue):
         """The global norm of the gradients clipping sees, and whether it changes them."""
@@ -73,6 +92,31 @@ class GradientRecord:
         self.steps.assign_add(1.0)
         self.clipped.assign_add(tf.cast(clipped, tf.float32))
         self.histogram.scatter_nd_add([[index]], [1.0])
+        self._noise(tf.square(global_norm))
+
+    def _noise(self, big):
+        """The noise scale's two estimates from the window that ends at this update step."""
+        import tensorflow as tf
+
+        n = self.window_count
+        small = self.window_squares / tf.maximum(n, 1.0)
+        two_sizes = n > 1  # (without accumulation, one batch size: nothing to estimate)
+        g2 = tf.math.divide_no_nan(n * big - small, n - 1)  # |G|^2
+        trace = tf.math.divide_no_nan(n * (small - big), n - 1)  # tr(Sigma) / b
+        decay = tf.where(two_sizes, NOISE_DECAY, 1.0)
+        self.noise_g2.assign(decay * self.noise_g2 + (1 - decay) * g2)
+        self.noise_trace.assign(decay * self.noise_trace + (1 - decay) * trace)
+        self.noise_weight.assign(decay * self.noise_weight + (1 - decay))
+        self.window_squares.assign(0.0)
+        self.window_count.assign(0.0)
+
+    def noise_scale(self, micro_batch_size: int) -> float | None:
+        """B_simple = tr(Sigma) / |G|^2 in examples, from the smoothed estimates (None
+        before any update step with two batch sizes, or where |G|^2 is not positive)."""
+        g2, trace = float(self.noise_g2.numpy()), float(self.noise_trace.numpy())
+        if float(self.noise_weight.numpy()) == 0 or g2 <= 0:
+            return None
+        return micro_batch_size * trace / g2
 
 
 def _values(gradient):
