@@ -292,6 +292,31 @@ def check_stability(args) -> None:
             raise UsageError(f"--{option.replace('_', '-')} must be at least 2, got {getattr(args, option)}")
 
 
+def _setting(item: str):
+    """`key=value` of `explain --set`: the value as a bool, a number or a string."""
+    key, equals, text = item.partition("=")
+    if not equals or not key.strip().isidentifier():
+        raise UsageError(f"--set takes key=value,... (e.g. epsilon=1e-3,amsgrad=true), got {item!r}")
+    value = {"true": True, "false": False}.get(text.strip().lower(), text.strip())
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    return key.strip(), value
+
+
+def check_explain(args) -> None:
+    (args.optimizer_name,) = _names(args.optimizer, OPTIMIZERS, "optimizer", "optimizer")
+    try:
+        args.gradient_values = [float(v) for v in args.gradient.split(",")]
+    except ValueError:
+        raise UsageError(f"--gradient takes comma-separated numbers, got {args.gradient!r}") from None
+    if not args.gradient_values or not all(math.isfinite(v) for v in args.gradient_values):
+        raise UsageError(f"--gradient takes finite numbers, got {args.gradient!r}")
+    args.settings = dict(_setting(item) for item in args.set.split(",") if item.strip()) if args.set else {}
+    if args.lr is not None:
+        args.settings["learning_rate"] = args.lr
+
+
 # -------------------------------------------------------------------- parser
 def parser() -> argparse.ArgumentParser:
     top = _Parser(
@@ -483,6 +508,32 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--momentum-max", type=_positive_number, default=0.98, help="highest momentum, below 1")
     b.add_argument("--logdir", help="output directory (default: optlab_runs/<command>-<date>-<time>)")
     b.set_defaults(check=check_stability)
+
+    e = command(
+        "explain",
+        "the terms of one optimizer step, in each convention",
+        "Take --steps steps of one optimizer on a variable with an element per --gradient value (the "
+        "same gradient at each step), and print the terms of the last step, computed without "
+        "applying it (keras_optlab.explain_update): the gradient, the slots, the bias corrections, "
+        "the denominator and epsilon's share of it, the effective rate and the update, in the "
+        "optimizer's convention and in Keras', PyTorch's and Optax's, from the same state.",
+        "Example: keras-optlab explain Adam --gradient 1e-9,1e-3,1 --steps 10 shows where epsilon, "
+        "not the gradients' history, sets Adam's step, and how Keras' epsilon hat changes it.",
+    )
+    e.add_argument("optimizer", help=f"one of {', '.join(OPTIMIZERS)}")
+    e.add_argument(
+        "--convention", choices=CONVENTIONS, default="ours", help="the optimizer's convention (Cls.like)"
+    )
+    e.add_argument("--lr", type=_positive_number, help="learning rate (default: the optimizer's)")
+    e.add_argument("--gradient", default="1e-6,1e-3,1", help="the gradient: comma-separated values")
+    e.add_argument("--steps", type=_positive_int, default=1, help="steps; the last one is explained")
+    e.add_argument(
+        "--set", default="", help="other arguments of the optimizer, key=value,... (e.g. epsilon=1e-3)"
+    )
+    e.add_argument(
+        "--dtype", choices=("float32", "float64", "float16"), default="float32", help="the weights'"
+    )
+    e.set_defaults(check=check_explain)
     return top
 
 
@@ -496,10 +547,11 @@ _NATIVE_NOISE = re.compile(
 
 
 def _quiet_tensorflow() -> bool:
-    """Quiets TensorFlow's logs unless the user set TF_CPP_MIN_LOG_LEVEL; says whether it did."""
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+    """Quiets TensorFlow's logs, unless the user asked for them (TF_CPP_MIN_LOG_LEVEL set
+    to 0); says whether it did. A level the user set is kept."""
+    if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3").strip() in ("", "0"):
         return False
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         from absl import logging as absl_logging
 

@@ -697,7 +697,7 @@ def test_help_of_every_command_imports_neither_tensorflow_nor_keras():
     script = f"""
 import sys
 from {module} import {function} as main
-for argv in ([], ["compare"], ["surfaces"], ["sweep"], ["lr-find"], ["stability"]):
+for argv in ([], ["compare"], ["surfaces"], ["sweep"], ["lr-find"], ["stability"], ["explain"]):
     try:
         main([*argv, "--help"])
     except SystemExit as exit:
@@ -787,3 +787,37 @@ def test_tensorboard_command_is_runnable_as_printed(tmp_path, monkeypatch):
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # not below the working directory: absolute
     assert shlex.split(cli.tensorboard_command("/r"))[0] == str(bin_dir / "python")
+
+
+def _explained_updates(out: str) -> dict:
+    """{(gradient, convention): update} from `keras-optlab explain`'s tables."""
+    updates, gradient, conventions = {}, None, []
+    for line in out.splitlines():
+        if line.startswith("gradient ") and ":" in line:
+            gradient = float(line.split()[1].rstrip(":"))
+        elif line.startswith("term "):
+            conventions = line.split()[1:]
+        elif line.startswith("update "):
+            for convention, value in zip(conventions, line.split()[1:], strict=True):
+                updates[gradient, convention] = float(value)
+    return updates
+
+
+def test_explain_prints_the_terms_of_the_step_against_the_closed_form(capsys):
+    """After t steps of a constant gradient g, Adam's m_hat = g and v_hat = g^2 exactly, so
+    its update is -lr g / (|g| + eps) in the paper's form and -lr g / (|g| + eps / sqrt(1 -
+    beta_2^t)) in Keras' (epsilon 1e-7, epsilon hat)."""
+    code = cli.main(["explain", "Adam", "--gradient", "1e-9,1", "--steps", "3", "--set", "epsilon=1e-8"])
+    out = capsys.readouterr().out
+    assert code == 0
+    updates = _explained_updates(out)
+    for g in (1e-9, 1.0):
+        assert updates[g, "this"] == pytest.approx(-1e-3 * g / (g + 1e-8), rel=1e-3)  # 4 digits printed
+        keras_eps = 1e-7 / np.sqrt(1 - 0.999**3)
+        assert updates[g, "keras"] == pytest.approx(-1e-3 * g / (g + keras_eps), rel=1e-3)
+
+
+def test_explain_refuses_bad_settings_in_one_line(capsys):
+    code = cli.main(["explain", "Adam", "--set", "beta_2=1.5"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "`beta_2` must be a finite number in [0, 1)" in err

@@ -738,3 +738,27 @@ def stability(args) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ----------------------------------------------------------------- explain
+def explain(args) -> None:
+    import keras
+
+    cls = getattr(ko, args.optimizer_name)
+    try:
+        optimizer = (
+            cls(**args.settings) if args.convention == "ours" else cls.like(args.convention, **args.settings)
+        )
+    except (TypeError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    gradient = np.array(args.gradient_values, dtype=args.dtype)
+    variable = keras.Variable(np.ones_like(gradient), dtype=args.dtype)
+    optimizer.build([variable])
+    for _ in range(args.steps - 1):
+        optimizer.apply([keras.ops.convert_to_tensor(gradient)], [variable])
+    explanation = ko.explain_update(optimizer, variable, gradient)
+    convention = "its own" if args.convention == "ours" else f"{args.convention}'s"
+    print(f"{args.optimizer_name} in {convention} convention, {args.dtype} weights, step {args.steps}:")
+    for element, value in enumerate(args.gradient_values):
+        explanation.element = (element,)
+        print(f"\ngradient {value:g}: " + explanation.table().removeprefix("one step, "))
