@@ -41,6 +41,9 @@ FLIPS = [
 ] + [(case, "amsgrad_max") for case in CASES if case.kwargs.get("amsgrad")]
 
 
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="which rule a switch selects is backend-neutral: once"
+)
 @pytest.mark.parametrize("case, key", FLIPS, ids=lambda x: getattr(x, "id", x))
 def test_every_switch_changes_the_trajectory(case, key):
     value = case.kwargs.get(key, "raw")
