@@ -96,8 +96,9 @@ def random_gradients(shape, steps, seed=0):
 
 
 def run(optimizer, w0, grads, dtype):
-    """Applies `grads` one step at a time (in a compiled step on TensorFlow, eagerly on
-    the other backends).
+    """Applies `grads` one step at a time, in a compiled step: `tf.function` on
+    TensorFlow, `jax.jit` of `stateless_apply` (what `fit` runs) on JAX, eagerly on
+    PyTorch.
 
     Returns the weights after each step, and the learning rate each step used as
     the optimizer computed it (a schedule evaluated in a graph can differ from the
@@ -105,6 +106,8 @@ def run(optimizer, w0, grads, dtype):
     """
     w = keras.Variable(np.asarray(w0, dtype=dtype), dtype=dtype)
     optimizer.build([w])
+    if keras.backend.backend() == "jax":
+        return _run_jax(optimizer, w, grads, dtype)
 
     def step(g):
         lr = optimizer.learning_rate
@@ -119,4 +122,29 @@ def run(optimizer, w0, grads, dtype):
     for g in grads:
         lrs.append(float(keras.ops.convert_to_numpy(step(keras.ops.convert_to_tensor(g, dtype=dtype)))))
         weights.append(keras.ops.convert_to_numpy(w).astype(np.float64))
+    return np.array(weights), np.array(lrs)
+
+
+def _run_jax(optimizer, w, grads, dtype):
+    """`run` on JAX: each step `stateless_apply` under `jax.jit`; the optimizer's and the
+    weights' variables hold the last step's values afterwards."""
+    import jax
+
+    @jax.jit
+    def step(optimizer_values, w_value, g):
+        with keras.StatelessScope(
+            state_mapping=list(zip(optimizer.variables, optimizer_values, strict=True))
+        ):
+            lr = optimizer.learning_rate  # the rate of this step
+        (w_value,), optimizer_values = optimizer.stateless_apply(optimizer_values, [g], [w_value])
+        return optimizer_values, w_value, lr
+
+    optimizer_values, w_value = [v.value for v in optimizer.variables], w.value
+    weights, lrs = [], []
+    for g in grads:
+        optimizer_values, w_value, lr = step(optimizer_values, w_value, keras.ops.convert_to_tensor(g, dtype))
+        lrs.append(float(lr))
+        weights.append(np.asarray(w_value).astype(np.float64))
+    for variable, value in zip([*optimizer.variables, w], [*optimizer_values, w_value], strict=True):
+        variable.assign(value)
     return np.array(weights), np.array(lrs)
