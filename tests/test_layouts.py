@@ -74,6 +74,13 @@ def _trajectories(optimizers, dtype="float64", jit=False, shapes=SHAPES, grads=N
         import tensorflow as tf
 
         step = tf.function(step, jit_compile=jit)
+    elif keras.backend.backend() == "jax":
+        steps = [_jax_step(optimizer, variables) for optimizer, variables, _ in runs]
+
+        def step(gs):
+            for one in steps:
+                one(gs)
+
     for t, gs in enumerate(grads or _gradients(dtype, shapes)):
         gs = [keras.ops.convert_to_tensor(g) for g in gs]
         if t % 4 == 1:
@@ -91,6 +98,25 @@ def _trajectories(optimizers, dtype="float64", jit=False, shapes=SHAPES, grads=N
         ]
         out.append((weights, states, _given(plans)))
     return out
+
+
+def _jax_step(optimizer, variables):
+    """One step of `optimizer` on `variables`: `stateless_apply` under `jax.jit` (what `fit`
+    runs on JAX), its results assigned to the variables."""
+    import jax
+
+    apply = jax.jit(optimizer.stateless_apply)
+
+    def step(gs):
+        values, optimizer_values = apply(
+            [v.value for v in optimizer.variables], gs, [v.value for v in variables]
+        )
+        for variable, value in zip(
+            [*variables, *optimizer.variables], [*values, *optimizer_values], strict=True
+        ):
+            variable.assign(value)
+
+    return step
 
 
 def _given(plans):
