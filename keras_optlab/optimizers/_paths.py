@@ -3,7 +3,9 @@
 Every driver lifts the rule of the optimizer's own file unchanged (`_rule.py`):
 
 - "reference": the rule op by op on one variable (`OptlabOptimizer._step_variable`),
-  as Keras' own optimizers run in a graph. Every other driver is held to it.
+  as Keras' own optimizers run in a graph. Every other driver is held to it. Outside
+  the fast context (below) it runs through Keras' own per-variable loop, which calls
+  `update_step` for each variable (route "keras"; `update_plan` shows "reference").
 - "kernel": one of TensorFlow's fused training kernels (`_kernel.py`), where the
   rule declares one that computes exactly its rule (`Rule.kernel`).
 - "xla": the reference step of one variable compiled as one XLA cluster (`_xla.py`).
