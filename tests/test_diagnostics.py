@@ -15,6 +15,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import keras_optlab as ko
 from keras_optlab.callbacks import OptimizerDiagnostics
@@ -966,3 +967,97 @@ def test_of_several_workers_only_the_chief_writes(cluster, task_type, task_id, w
             tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id
         )
     assert _is_chief(SimpleNamespace(cluster_resolver=resolver)) is writes
+
+
+@tensorflow_only
+def test_a_compare_lines_up_its_runs_in_tags_dashboard_and_hparams(tmp_path, capsys):
+    """`keras-optlab compare` of the six optimizers (1 epoch, target loss 2.3 so that each
+    reaches it): every run names the layers alike and writes at most 40 scalar tags; runs
+    whose rules keep the same slots write the same tags; every run writes the same
+    dashboard, whose titles are unique, with at most 8 lines a chart, each of whose tags
+    the runs it is meant for have; HParams declares every hyperparameter each run records,
+    the convention included, and the final losses and steps to target as metrics."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from keras_optlab.lab import cli
+
+    argv = [
+        "compare",
+        "--epochs",
+        "1",
+        "--every-n-steps",
+        "10",
+        "--target-loss",
+        "2.3",
+        "--logdir",
+        str(tmp_path),
+    ]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    names = [cls.__name__ for cls in ko.ALL]
+    runs = {name: tmp_path / name / "optimizer" for name in names}
+    tags = {name: plugin_tags(run, "scalars") for name, run in runs.items()}
+    roles = {cls.__name__: {slot.role for slot in cls().slots()} for cls in ko.ALL}
+
+    scope = re.compile(r"^[a-z0-9_]+/(model|layer/([^/]+))(/|$)")
+    for name, run_tags in tags.items():
+        assert len(run_tags) <= 40, name
+        assert {scope.match(tag).group(2) for tag in run_tags} == {None, "0_dense", "1_dense", "2_dense"}, (
+            name
+        )
+    assert tags["Momentum"] == tags["NAG"] and tags["Adagrad"] == tags["RMSProp"]
+    assert all(tags["SGD"] <= run_tags <= tags["Adam"] for run_tags in tags.values())
+
+    layouts = {name: read_run(run)["custom_scalars__config__"][0][1].item() for name, run in runs.items()}
+    assert len(set(layouts.values())) == 1  # one layout: TensorBoard shows each chart once
+    layout = _layout(runs["Adam"])
+    titles = [chart.title for category in layout.category for chart in category.chart]
+    assert len(titles) == len(set(titles))
+    for category in layout.category:
+        for chart in category.chart:
+            meant_for = [
+                name
+                for name in names
+                if ("with momentum" not in chart.title or MOMENTUM in roles[name])
+                and ("with a cache" not in chart.title or CACHE in roles[name])
+            ]
+            for name in meant_for:
+                lines = chart_tags(chart, tags[name])
+                if chart.HasField("multiline"):  # every scope of the regex is drawn
+                    [regex] = chart.multiline.tag
+                    assert len(lines) == re.search(r"\((.*)\)", regex).group(1).count("|") + 1, (
+                        chart.title,
+                        name,
+                    )
+                assert 1 <= len(lines) <= 8, chart.title
+                assert all(t in tags[name] for line in lines for t in line), (chart.title, name)
+
+    accumulator = EventAccumulator(str(tmp_path))
+    accumulator.Reload()
+    content = accumulator.SummaryMetadata("_hparams_/experiment").plugin_data.content
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
+    declared = {info.name for info in experiment.hparam_infos}
+    assert {
+        "optimizer",
+        "convention",
+        "learning_rate",
+        "momentum",
+        "epsilon",
+        "rho",
+        "beta_1",
+        "beta_2",
+    } <= declared
+    metrics = {(m.name.group, m.name.tag) for m in experiment.metric_infos}
+    assert metrics == {
+        ("train", "epoch_loss"),
+        ("validation", "epoch_loss"),
+        ("validation", "epoch_accuracy"),
+        ("", "steps_to_target"),
+    }
+    for name in names:
+        accumulator = EventAccumulator(str(tmp_path / name))
+        accumulator.Reload()
+        content = accumulator.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+        recorded = set(plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams)
+        assert {"optimizer", "convention", "learning_rate"} <= recorded <= declared, name
+        assert last(read_run(tmp_path / name), "steps_to_target") == 43  # the first epoch: 43 steps
