@@ -2,7 +2,7 @@
 batches, and the diagnostics callback logs their effective learning rates.
 
     python examples/adagrad_vs_rmsprop.py --epochs 30 --logdir runs/adagrad_vs_rmsprop
-    tensorboard --logdir runs/adagrad_vs_rmsprop   # compare effective_lr/model/median
+    tensorboard --logdir runs/adagrad_vs_rmsprop   # compare effective_lr_log10/model/median
 """
 
 import argparse

@@ -1,6 +1,7 @@
 """The other Keras backends. Each runs in a fresh process, since a process holds one
 backend: the optimizer tests (`test_rules.py`, `test_fit_references.py`, which are
-backend-neutral) and `test_layouts.py` under JAX and PyTorch, and Keras' DataParallel on JAX."""
+backend-neutral) and `test_layouts.py` under JAX and PyTorch, the diagnostics'
+(`test_diagnostics.py`, backend-neutral too), and Keras' DataParallel on JAX."""
 
 import os
 import subprocess
@@ -13,22 +14,37 @@ import keras_optlab as ko
 
 ROOT = Path(__file__).resolve().parent.parent
 NEUTRAL = ["tests/test_rules.py", "tests/test_fit_references.py", "tests/test_layouts.py"]
+DIAGNOSTICS = ["tests/test_diagnostics.py"]
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_optimizer_tests_pass_under(backend):
+def _pytest_under(backend, files):
     pytest.importorskip(backend, reason=f"the {backend} backend tests need {backend} (pip install .[test])")
     env = dict(os.environ, KERAS_BACKEND=backend, JAX_ENABLE_X64="1", TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *NEUTRAL],
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=900,
     )
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_optimizer_tests_pass_under(backend):
+    result = _pytest_under(backend, NEUTRAL)
     assert result.returncode == 0, result.stdout[-4000:]
     assert " passed" in result.stdout.splitlines()[-1]
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_diagnostics_tests_pass_under(backend):
+    """OptimizerDiagnostics on JAX and PyTorch: the same tests, the same expected numbers
+    (TensorFlow's own machinery, MirroredStrategy and cluster resolvers, is skipped)."""
+    result = _pytest_under(backend, DIAGNOSTICS)
+    assert result.returncode == 0, result.stdout[-4000:]
+    last = result.stdout.splitlines()[-1]
+    assert " passed" in last and " failed" not in last
 
 
 def test_data_parallel_on_jax_matches_one_device():

@@ -9,7 +9,6 @@ import keras
 import numpy as np
 import pytest
 
-import keras_optlab as ko
 from tests.cases import CASES, OPTIMIZERS
 
 N, D, K, EPOCHS = 32, 5, 3, 25
@@ -53,15 +52,3 @@ def test_stateless_apply_on_jax(cls):
     np.testing.assert_allclose(np.asarray(new_weights[0]), keras.ops.convert_to_numpy(w), rtol=1e-6)
     for a, b in zip(new_state, stateful.variables, strict=True):
         np.testing.assert_allclose(np.asarray(a), keras.ops.convert_to_numpy(b), rtol=1e-6)
-
-
-@pytest.mark.skipif(keras.backend.backend() == "tensorflow", reason="the diagnostics run on TensorFlow")
-def test_diagnostics_refuse_other_backends_at_the_start(tmp_path):
-    from keras_optlab.callbacks import OptimizerDiagnostics
-
-    model = keras.Sequential([keras.Input((D,)), keras.layers.Dense(K)])
-    model.compile(optimizer=ko.Adam(), loss="mse")
-    x, y, _ = _problem()
-    with pytest.raises(RuntimeError, match="OptimizerDiagnostics needs the TensorFlow backend"):
-        model.fit(x, y, epochs=1, verbose=0, callbacks=[OptimizerDiagnostics(tmp_path)])
-    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 0

@@ -64,18 +64,32 @@ def test_tensorboard_serves_the_tags_and_a_series(logged_run):
         while time.monotonic() < deadline:  # bounded: the server loads the run in the background
             try:
                 tags = _get(port, "/data/plugin/scalars/tags").get("optimizer", {})
-                if "effective_lr/model/median" in tags:
+                if "effective_lr_log10/model/median" in tags:
                     break
             except OSError:
                 pass
             time.sleep(1)
-        assert {"effective_lr/model/median", "update_ratio/model", "cache/model/mean"} <= set(tags)
-        query = urllib.parse.urlencode({"tag": "effective_lr/model/median", "run": "optimizer"})
+        assert {
+            "effective_lr_log10/layer/out/median",
+            "update_ratio_log10/model",
+            "cache_log10/model/mean",
+        } <= set(tags)
+        query = urllib.parse.urlencode({"tag": "effective_lr_log10/model/median", "run": "optimizer"})
         series = _get(port, f"/data/plugin/scalars/scalars?{query}")
         assert [step for _, step, _ in series] == [2, 4, 6, 8]
-        assert all(0 < value < 1e3 for _, _, value in series)
+        assert all(-3 < value < 3 for _, _, value in series)  # log10 of rates between 1e-3 and 1e3
         layout = _get(port, "/data/plugin/custom_scalars/layout")
-        assert layout["category"][0]["title"] == "Optimizer"
+        first = layout["category"][0]
+        assert first["title"].startswith("Optimizer: dying or exploding steps")
+        margin = first["chart"][0]["margin"]["series"]
+        assert [s["value"] for s in margin] == [
+            "effective_lr_log10/model/median",
+            "effective_lr_log10/layer/out/median",
+        ]
+        # the layer order, as data the Text plugin serves
+        query = urllib.parse.urlencode({"tag": "layer_order", "run": "optimizer"})
+        text = _get(port, f"/data/plugin/text/text?{query}")
+        assert "out" in text[0]["text"]
     finally:
         server.terminate()
         server.wait(timeout=30)

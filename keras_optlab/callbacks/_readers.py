@@ -93,14 +93,28 @@ def unwrap(optimizer):
     return getattr(optimizer, "inner_optimizer", optimizer)
 
 
+def _builtin(kind):
+    """The row of `BUILTINS` for an optimizer class: the class itself, or the class a Keras
+    backend substitutes for it (on PyTorch, `keras.optimizers.SGD(...)` is an instance of
+    `keras.src.backend.torch.optimizers.torch_sgd.SGD`, a subclass). A user's subclass may
+    compute another rule: it is not read."""
+    if kind in BUILTINS:
+        return kind
+    if kind.__module__.startswith("keras.src.backend."):
+        return next((base for base in kind.__mro__[1:] if base in BUILTINS), None)
+    return None
+
+
 def reader_for(optimizer) -> Reader:
     optimizer = unwrap(optimizer)
     if isinstance(optimizer, OptlabOptimizer):
         return Reader(optimizer, optimizer)
-    if type(optimizer) in BUILTINS:
-        twin, slots = BUILTINS[type(optimizer)]
+    builtin = _builtin(type(optimizer))
+    if builtin is not None:
+        twin, slots = BUILTINS[builtin]
         return Reader(optimizer, twin(optimizer), slots)
-    kind = type(optimizer)
+    # the class the user chose, not the one a Keras backend put in its place
+    kind = next(c for c in type(optimizer).__mro__ if not c.__module__.startswith("keras.src.backend."))
     return Reader(
         optimizer,
         None,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
-import glob
 import numbers
 import os
 import time
@@ -14,109 +12,115 @@ from collections.abc import Iterable
 
 import keras
 import numpy as np
-import tensorflow as tf
-from tensorboard.compat.proto import summary_pb2, tensor_pb2, types_pb2
-from tensorboard.plugins.histogram import metadata as histogram_metadata
-from tensorboard.plugins.scalar import metadata as scalar_metadata
+from keras import ops
 
 from keras_optlab._paths import why_unwritable
-from keras_optlab.callbacks import _stats
+from keras_optlab.callbacks import _events, _scopes, _stats, _tags
+from keras_optlab.callbacks._compiled import Compiled, backend, to_numpy
 from keras_optlab.callbacks._readers import reader_for, unwrap
 from keras_optlab.optimizers._validation import check_bool, check_float, check_int
 
-#: How often the event file is flushed (and checked), besides the first log and the end of training.
+#: How often the event file is written and flushed (and checked), besides the first log and the end of a fit.
 FLUSH_SECONDS = 5.0
-_SCALAR = scalar_metadata.create_summary_metadata(display_name=None, description=None)
-_HISTOGRAM = histogram_metadata.create_summary_metadata(display_name=None, description=None)
-
-
-def _scalar_proto(value) -> tensor_pb2.TensorProto:
-    return tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[float(value)])
 
 
 class OptimizerDiagnostics(keras.callbacks.Callback):
-    """Logs what the optimizer does inside, per weight, per layer and for the model.
+    """Logs what the optimizer does inside, for the model and each layer (and each variable).
 
-    When it logs: at the end of the first batch in which `optimizer.iterations`
-    (the optimizer's step count, carried over from earlier `fit` calls) passes a
-    multiple of `every_n_steps`: so a resumed training logs at the same steps as an
+    When it logs: after the first batch in which `optimizer.iterations` (the
+    optimizer's step count, carried over from earlier `fit` calls) passes a multiple
+    of `every_n_steps`: so a resumed training logs at the same steps as an
     uninterrupted one, and `steps_per_execution` or `gradient_accumulation_steps`
     (iterations counts optimizer steps, one per that many batches) change nothing.
-    The snapshot of the weights is taken at the beginning of that batch: the batch
-    that will pass the multiple is known from `iterations` and `steps_per_execution`.
-    (The first batch of a new optimizer cannot be logged: Keras builds the optimizer
-    in it; a multiple it passes is logged at the next batch.) A `fit` that ends
-    without a log warns, naming `every_n_steps` and the number of steps the fit
-    took: for a small dataset choose `every_n_steps` below the steps of an epoch
-    (the lab's digits, 43 steps an epoch at batch 32, and `every_n_steps=10`: logs
-    at steps 10, 20, 30, 40, 50, ...).
+    The snapshot of the weights is taken at the beginning of that batch (the batch
+    that will pass the multiple is known from `iterations` and `steps_per_execution`),
+    the statistics at the beginning of the next one, or at the end of the epoch (the
+    state is then the state after the step: the step's batch-end hooks may run
+    asynchronously, in Keras' thread, so the callback has none). (The first batch of a
+    new optimizer on TensorFlow cannot be logged: Keras builds the optimizer in it; a
+    multiple it passes is logged at the next batch.) A `fit` that ends without a log
+    warns, naming `every_n_steps` and the number of steps the fit took: for a small
+    dataset choose `every_n_steps` below the steps of an epoch (the lab's digits, 43
+    steps an epoch at batch 32, and `every_n_steps=10`: logs at steps 10, 20, 30, ...).
 
-    At each log it writes, for each trainable variable (tag scope `var/<path>`),
-    each layer (`layer/<path>`) and the whole model (`model`):
+    Scopes: `model`, `layer/<layer>` and, with `per_variable=True`,
+    `var/<layer>/<variable>`, under names that follow the model's structure
+    (`_scopes`): a layer the user named keeps its name (`hidden`); one Keras named is
+    its position among its parent's layers and its class (`0_dense`, `1_dense`,
+    `2_dense`, in every run and every process, where Keras says `dense_3`, `dense_6`,
+    ...); a nested one is `parent/child`. The layers' order is written at the first log
+    as a text summary, `layer_order` (a 1-D string tensor of the layers' scopes, in
+    model order). Quantities that span decades are written as log10, and named so; a
+    log10 of 0 is written as -37.93 (float32's smallest normal number). At each log:
 
-    - `effective_lr/<scope>/{min,q05,q25,median,mean,q75,q95,max}`: the effective
-      learning rate (the optimizer's own `effective_learning_rate`) after the step
-      just taken, at that step's learning rate (read before the step; a schedule
-      has moved on to the next step's by the end of it), over elements whose cache
-      is not at its initial value; `cache_at_initial_value` counts the others (the
-      optimizer's `initial_state_mask`): elements never updated (unused embedding
-      rows, dead inputs), and also elements whose cache decayed back to its initial
-      value 0 (RMSProp's and Adam's caches do, after enough steps without
-      gradient), so the count can rise during training; their rate would be the
-      degenerate lr/eps; `fraction_below_threshold`: the share of rates below
-      `threshold_ratio` times the step's learning rate (how Adagrad's steps die
-      out). Quantiles are read off a log-spaced histogram that holds every positive
-      float32 and are exact to within one bin, 6% (see `_stats`).
-    - `momentum/<scope>/{l2_norm,mean_abs}` where the rule keeps momentum.
-    - `cache/<scope>/{mean,max}` where it keeps a cache of squared gradients, and
-      `cache/<scope>/mean_growth_per_step_since_last_log`, a window: the change of
-      the cache since the previous log of this `fit`, divided by the steps between
-      the two logs (from the second log of a `fit` on).
-    - `update_ratio/<scope>`: ||w_after - w_before|| / ||w_before|| over the one
-      step before the log (weights snapshot just before it).
-    - `gradient_norm/<scope>`: the norm of the gradient the rule used in that
-      step (after clipping and loss-scale removal), recovered exactly from the
-      change of the state where the rule allows it, with the step's learning rate.
-    - `nonfinite/var/<path>`: NaN or inf elements in the weights and the state;
-      they are also reported in a warning with the variable and the step (once
-      per variable and `fit`), and stop training when `stop_on_nonfinite=True`.
+    - `effective_lr_log10/<scope>/{q05,median,q95}` (and `max` for the model): the
+      effective learning rate (the optimizer's own `effective_learning_rate`) after
+      the step just taken, at that step's learning rate (read before the step),
+      over elements whose cache is not at its initial value; quantiles are read off a
+      log-spaced histogram that holds every positive float32 and are exact to within
+      one bin, 0.025 in log10 (see `_stats`).
+    - `effective_lr/<scope>/fraction_below_threshold`: the share of rates below
+      `threshold_ratio` times the step's learning rate (how Adagrad's steps die out).
+    - `effective_lr/<scope>/cache_at_initial_value` (rules with a cache): elements
+      whose cache holds its initial value (the optimizer's `initial_state_mask`):
+      never updated (unused embedding rows, dead inputs), or decayed back to 0
+      (RMSProp's and Adam's caches do, after enough steps without gradient), so the
+      count can rise; their rate would be the degenerate lr/eps.
+    - `update_ratio_log10/<scope>`: log10 ||w_after - w_before|| / ||w_before|| over
+      the step before the log (not written where ||w_before|| is 0).
+    - `gradient_norm_log10/<scope>`: the norm of the gradient the rule used in that
+      step (after clipping and loss-scale removal), recovered exactly from the change
+      of the state where the rule allows it, with the step's learning rate.
+    - `momentum_log10/<scope>/l2_norm` where the rule keeps momentum,
+      `cache_log10/<scope>/mean` where it keeps a cache of squared gradients.
+    - For the model alone: `cache/model/mean_growth_per_step_since_last_log`, a
+      window (the cache's change since the previous log of this `fit`, over the steps
+      between the two logs, from the second log of a `fit` on), and `nonfinite/model`:
+      NaN or inf elements in the weights and the state, also reported in a warning
+      naming the variables and the step (once per variable and `fit`); with
+      `stop_on_nonfinite=True` the warning stops training (after the batch under way:
+      the log is taken at the start of the next batch).
 
-    With `steps_per_execution=k > 1` a callback sees only every k-th step, so the
-    update ratio is a window and is named so: `update_ratio_over_execution/<scope>`
-    spans the whole execution before the log (k steps, fewer for the last execution
-    of an epoch whose steps are not a multiple of k; `execution_steps` says how
-    many), and `gradient_norm` is not logged. The effective rates are still those
-    after the last step of the execution, at its learning rate.
+    `per_variable=True` writes every quantity for each variable as well (and the
+    model's own quantities for each layer). With `steps_per_execution=k > 1` a callback
+    sees only every k-th step, so the update ratio is a window and is named so:
+    `update_ratio_over_execution_log10/<scope>`, spanning the whole execution before
+    the log (`execution_steps` says how many steps), and `gradient_norm` is not
+    logged; the effective rates are those after the execution's last step.
 
-    Histograms, at the first log after each multiple of `histogram_every_n_steps`
-    (exactly at the multiples when it is a multiple of `every_n_steps`):
-    `effective_lr_log10/var/<path>`, `momentum/var/<path>/values`,
-    `cache/var/<path>/growth_per_step_since_last_log`. `traces`
-    names single weights, `[("dense/kernel", (0, 3)), ...]`, whose effective
-    learning rate, momentum, cache and value are logged as `trace/<path>[i,j]/...`;
-    indices are ints (NumPy integers too, not bools); `None`, like `()`, traces nothing.
+    Histograms, at the first log after each multiple of `histogram_every_n_steps`,
+    per layer (and per variable): `effective_lr_log10/<scope>/values`,
+    `momentum/<scope>/values`, `cache/<scope>/growth_per_step_since_last_log`.
+    `traces` names single weights, `[("dense/kernel", (0, 3)), ...]` (a suffix of the
+    variable's Keras path or of its scope), logged as `trace/<layer>/<variable>[i,j]/`
+    `{weight,momentum,effective_lr_log10,cache_log10}`; indices are ints (NumPy
+    integers too, not bools); `None`, like `()`, traces nothing.
 
     It writes to `log_dir/run_name` ("optimizer"), beside the "train" and
-    "validation" runs of Keras' `TensorBoard` callback on the same `log_dir`. The
-    writer, an "Optimizer" custom-scalars dashboard and the optimizer's config
-    (HParams plugin; `hparams=False` leaves it to you) are written at the first
-    log, so a run that logs nothing leaves no event file. One callback used in
-    several `fit` calls goes on writing the same run while the optimizer is the
-    same; each other optimizer it reads (another model, or the model compiled
-    again) gets a run of its own, `run_name-2`, `run_name-3`, ... in the order
-    they first write (`run_dir` names the current one), so that no run mixes two
-    optimizers' steps and HParams. `run_name` must be a relative path that stays
-    below `log_dir`. An unwritable `log_dir` or run directory (a file in its place,
-    a read-only or virtual file system such as /proc) fails at the start of
-    training, before any step; a write that fails later warns once and training
-    goes on without diagnostics; the next `fit` with the callback tries again. The
-    statistics of a log step are computed in one compiled graph call.
+    "validation" runs of Keras' `TensorBoard` callback on the same `log_dir`. At the
+    first log it writes the custom-scalars dashboard (which depends on the model's
+    layers alone, so that the runs of one architecture share it), the layer order and
+    the optimizer's config (HParams plugin; `hparams=False` leaves it to you): a run
+    that logs nothing leaves no event file. One callback used in several `fit` calls
+    goes on writing the same run while the optimizer is the same; each other
+    optimizer it reads gets a run of its own, `run_name-2`, `run_name-3`, ... in the
+    order they first write (`run_dir` names the current one). `run_name` must be a
+    relative path that stays below `log_dir`. An unwritable `log_dir` or run
+    directory fails at the start of training, before any step; a write that fails
+    later warns once and training goes on without diagnostics; the next `fit` with
+    the callback tries again.
 
-    Reads the six keras_optlab optimizers and Keras' SGD (momentum, Nesterov),
-    Adagrad, RMSprop and Adam, also inside a `LossScaleOptimizer`; for any other
-    it says at the start what it cannot read and logs the rest. TensorFlow
-    backend only; under a distribution strategy it logs once, and of several
-    workers only the chief writes.
+    Every backend: the statistics of a log step are one call compiled by the
+    backend's own means (`tf.function` with XLA, `jax.jit`; PyTorch runs them as it
+    trains, eagerly), and come back as one vector; events are encoded as bytes and
+    written to the event file in bulk, every `FLUSH_SECONDS` and at the end of each
+    `fit`. On JAX the callback reads `callback.model` (which makes Keras write its
+    training state back to the variables) only in a batch it logs.
+
+    Reads the keras_optlab optimizers and Keras' SGD (momentum, Nesterov), Adagrad,
+    RMSprop and Adam, also inside a `LossScaleOptimizer`; for any other it says at the
+    start what it cannot read and logs the rest. Under a distribution strategy it logs
+    once, and of several workers only the chief writes.
     """
 
     def __init__(
@@ -127,7 +131,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         run_name: str = "optimizer",
         threshold_ratio: float = 0.01,
         traces=(),
-        per_variable: bool = True,
+        per_variable: bool = False,
         stop_on_nonfinite: bool = False,
         hparams: bool = True,
     ):
@@ -146,13 +150,14 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         self.per_variable = check_bool("per_variable", per_variable)
         self.stop_on_nonfinite = check_bool("stop_on_nonfinite", stop_on_nonfinite)
         self.hparams = check_bool("hparams", hparams)
-        self._writer = self._writer_run = None
+        self._events = self._events_run = None
+        self._jax = False
         self._failed = False
+        self._active = False
         self._run = run_name  # the run of the current (or next) fit
         self._runs = []  # [(weak reference to an optimizer, its run name)], in the order first written
-        self._traced_for = None  # what the compiled functions were traced for
-        self._stats_fns = self._snapshot_fn = None
-        self._tags, self._histogram_tags = {}, {}  # filled while the statistics are traced
+        self._made_for = None  # what the compiled functions and buffers were made for
+        self._pending = None
 
     @property
     def run_dir(self) -> str:
@@ -164,12 +169,8 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         # Everything is checked before anything changes: a refused `fit` leaves the
         # callback as it was.
-        if keras.backend.backend() != "tensorflow":
-            raise RuntimeError(
-                "OptimizerDiagnostics needs the TensorFlow backend (it writes with tf.summary); "
-                f"KERAS_BACKEND is {keras.backend.backend()!r}."
-            )
-        reader = reader_for(self.model.optimizer)
+        model = self.model
+        reader = reader_for(model.optimizer)
         run = self._run_for(reader.optimizer)
         run_dir = os.path.normpath(os.path.join(self.log_dir, run))
         reason = why_unwritable(self.log_dir)
@@ -181,39 +182,95 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
                 f"The run directory {run_dir} cannot be written: {reason}. "
                 f"Received: log_dir={self.log_dir!r}, run_name={self.run_name!r}"
             )
-        variables = list(self.model.trainable_variables)
-        trace_points = _resolve_traces(self.traces, variables)
-        spe = int(getattr(self.model, "steps_per_execution", 1) or 1)
+        variables = list(model.trainable_variables)
+        structure = _scopes.structure(model, variables)
+        trace_points = _resolve_traces(self.traces, structure)
+        spe = int(getattr(model, "steps_per_execution", 1) or 1)
 
         if reader.note:
             warnings.warn(reader.note, stacklevel=1)
-        if run != self._writer_run:
-            self._close_writer()  # another optimizer: its own run
+        if run != self._events_run:
+            self._close_events()  # another optimizer: its own run
         self._run, self._reader = run, reader
         # A callback that gave up in an earlier `fit` tries again.
         self._failed = False
-        self._active = _is_chief(self.model.distribute_strategy)
-        traced_for = ([id(v) for v in variables], id(reader.optimizer), spe == 1)
-        if traced_for != self._traced_for:  # traced for other variables, optimizer or window
-            self._stats_fns = self._snapshot_fn = None
-            self._traced_for = traced_for
-        self._variables, self._trace_points = variables, trace_points
+        self._active = _is_chief(getattr(model, "distribute_strategy", None))
+        accumulation = getattr(reader.optimizer, "gradient_accumulation_steps", None)
+        # Where every batch logs, each log's call also copies the state for the next one.
+        carry = self.every_n_steps <= spe and not accumulation
+        # XLA, on TensorFlow, where every step logs: its compilation (seconds) pays back over
+        # thousands of logs, each about twice as fast as in a graph (`bench/callback_overhead.py`).
+        xla = carry and backend() == "tensorflow" and not _under_strategy(model)
+        made_for = ([id(v) for v in variables], id(reader.optimizer), spe, carry, xla)
+        if made_for != self._made_for:  # other variables, optimizer or window
+            self._compiled, self._buffers, self._plan, self._histogram_tags = {}, None, None, []
+            self._made_for = made_for
+        self._carry, self._xla, self._jax = carry, xla, backend() == "jax"
+        self._structure, self._variables, self._trace_points = structure, variables, trace_points
         self._spe = spe
         self._one_step_window = spe == 1
+        self._reads = _variables_read(model, reader.optimizer)
+        self._lr_is_callable = _lr_is_callable(reader.optimizer)
         start = self._iterations()
         self._start = self._mark = self._histogram_mark = start
-        self._known, self._batches_since = start, 0  # iterations last read, batches since
+        self._known, self._batches_since = start, 0  # iterations last read, batches begun since
         self._logs_this_fit = self._epochs_this_fit = 0
-        self._before = None
-        self._previous = None  # (step, caches) at the previous log
+        self._pending = None  # (iterations before, iterations after) of a batch whose snapshot is taken
         self._reported = set()  # variables already reported for non-finite values
+        if self._buffers is not None:
+            self._buffers.set_mark(start)
 
     def on_train_batch_begin(self, batch, logs=None):
-        """Takes the snapshot when this batch may carry `iterations` past a multiple of
-        `every_n_steps` (or one was passed unlogged, as in the first batch, before Keras
-        built the optimizer)."""
-        if not self._active:
-            return
+        """Logs the step of the previous batch if it passed a multiple of `every_n_steps`,
+        and takes the snapshot when this batch may carry `iterations` past one."""
+        if self._active:
+            try:
+                carried = self._resolve() if self._pending is not None else False
+                self._maybe_snapshot(carried)
+            except Exception as error:  # a diagnostic must never end a training run
+                self._pending = None
+                self._give_up(f"{type(error).__name__}: {error}")
+        self._batches_since += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._epochs_this_fit += 1
+        self._resolve_safely()
+
+    def on_train_end(self, logs=None):
+        self._resolve_safely()
+        # Written and flushed, not closed: a later `fit` with the same callback goes on
+        # writing to the same event file.
+        if self._events is not None and not self._failed:
+            try:
+                self._events.flush()
+            except Exception as error:
+                self._give_up(f"{type(error).__name__}: {error}")
+        if self._active and not self._failed and not self._logs_this_fit:
+            with contextlib.suppress(Exception):  # a diagnostic must never end a training run
+                self._say_nothing_was_written()
+
+    # ------------------------------------------------------------ when to log
+    def _resolve_safely(self):
+        if self._active and self._pending is not None:
+            try:
+                self._resolve()
+            except Exception as error:  # a diagnostic must never end a training run
+                self._give_up(f"{type(error).__name__}: {error}")
+        self._pending = None
+
+    def _sync(self):
+        """On JAX, makes Keras write its training state back to the variables (reading
+        `callback.model` does); elsewhere the variables are the state."""
+        if self._jax:
+            self.model  # noqa: B018
+
+    def _iterations(self) -> int:
+        self._sync()
+        return int(to_numpy(self._reader.optimizer.iterations))
+
+    def _maybe_snapshot(self, carried: bool):
+        """Takes the snapshot (or keeps the one `carried` over by the log just taken) when
+        this batch will carry `iterations` past a multiple of `every_n_steps`."""
         optimizer, every = self._reader.optimizer, self.every_n_steps
         if not optimizer.built:  # Keras builds it in the first step: nothing to read yet
             return
@@ -221,59 +278,129 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         # that could reach the next multiple.
         if (self._known + (self._batches_since + 1) * self._spe) // every <= self._mark // every:
             return
-        try:
-            now = self._sync()
-            if _iterations_after_batch(optimizer, now, self._spe) // every <= self._mark // every:
-                return
-            if self._snapshot_fn is None:
-                self._snapshot_fn = tf.function(self._snapshot)
-            self._before = self._snapshot_fn()
-            self._before_step = now
-            # The rate this step uses: Keras evaluates a schedule at the iterations
-            # before the step. Read eagerly: a callable's value may change.
-            self._lr_before = tf.cast(tf.convert_to_tensor(optimizer.learning_rate), tf.float32)
-        except Exception as error:  # a diagnostic must never end a training run
-            self._before = None
-            self._give_up(f"{type(error).__name__}: {error}")
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._batches_since += 1
-        if not self._active or self._before is None:
+        if not carried:
+            self._known, self._batches_since = self._iterations(), 0
+        now = self._known
+        after = _iterations_after_batch(optimizer, now, self._spe)
+        if after // every <= self._mark // every:
             return
-        try:
-            step = self._sync()
-            # Logged once the step has been taken and a multiple passed (a batch
-            # predicted to pass one may not have, at the end of an epoch).
-            if step > self._before_step and step // self.every_n_steps > self._mark // self.every_n_steps:
-                self._log(step)
-                self._mark = step
-        except Exception as error:  # a diagnostic must never end a training run
-            self._give_up(f"{type(error).__name__}: {error}")
-        self._before = None
+        if not carried:
+            self._function("snapshot")()
+        if self._lr_is_callable:  # a callable's value may change: read it now, as Keras will
+            self._buffers.lr.assign(np.float32(to_numpy(optimizer.learning_rate)))
+        self._pending = (now, after)
 
-    def on_epoch_end(self, epoch, logs=None):
-        self._epochs_this_fit += 1
+    def _histograms_due(self, step) -> bool:
+        every = self.histogram_every_n_steps
+        return every is not None and step // every > self._histogram_mark // every
 
-    def on_train_end(self, logs=None):
-        # Flushed, not closed: a later `fit` with the same callback goes on writing
-        # to the same event file.
-        if self._writer is not None and not self._failed:
-            try:
-                self._flush()
-            except Exception as error:
-                self._give_up(f"{type(error).__name__}: {error}")
-        if self._active and not self._failed and not self._logs_this_fit:
-            with contextlib.suppress(Exception):  # a diagnostic must never end a training run
-                self._say_nothing_was_written()
+    def _resolve(self) -> bool:
+        """Computes the statistics of the step the snapshot was taken for, and writes
+        them if it passed a multiple. Returns True where the call also took the next
+        batch's snapshot (where every batch logs)."""
+        (step_before, step_after), self._pending = self._pending, None
+        self._sync()
+        # Histograms first: the statistics' call moves the snapshot on.
+        histograms = self._function("histograms")() if self._histograms_due(step_after) else None
+        out = self._function("stats")()
+        ints = to_numpy(out["ints"])
+        step, logged = int(ints[0]), bool(ints[1])
+        self._known, self._batches_since = step, 0
+        if logged:
+            self._log(step, step_before, out, ints[2:], histograms if self._histograms_due(step) else None)
+            self._mark = step
+        return self._carry
 
-    # --------------------------------------------------------------- logging
-    def _iterations(self) -> int:
-        return int(keras.ops.convert_to_numpy(self._reader.optimizer.iterations))
+    # --------------------------------------------------------------- writing
+    def _log(self, step, step_before, out, nonfinite, histograms):
+        plan = self._plan
+        values = to_numpy(out["scalars"])
+        has_previous = self._logs_this_fit > 0
+        first = self._events is None
+        if first:
+            self._events = _events.EventFile(self.run_dir)
+            self._events_run = self._run
+            if not any(ref() is self._reader.optimizer for ref, _ in self._runs):
+                self._runs.append((weakref.ref(self._reader.optimizer), self._run))
+            self._write_run_description(plan, values)
+        summary = plan.encode(values, has_previous)
+        if histograms is not None:
+            for (tag, gate), (low, high, counts) in zip(self._histogram_tags, histograms, strict=True):
+                if gate != "previous" or has_previous:
+                    summary += _events.histogram_value(tag, to_numpy(low), to_numpy(high), to_numpy(counts))
+            self._histogram_mark = step
+        if not self._one_step_window:
+            summary += plan.encoder.encode(["execution_steps"], [step - step_before])
+        self._events.add(_events.summary_event(summary, step))
+        self._logs_this_fit += 1
+        if first or time.monotonic() - self._events.flushed_at > FLUSH_SECONDS:
+            self._events.flush()
+        self._report_nonfinite(step, nonfinite)
 
-    def _sync(self) -> int:
-        """Reads `iterations` (a host transfer: done only near a log)."""
-        self._known, self._batches_since = self._iterations(), 0
-        return self._known
+    def _write_run_description(self, plan, values):
+        """The dashboard, the layer order and the HParams, at step 0 of the run's first event file."""
+        from tensorboard.plugins.custom_scalar import summary as custom_scalar
+
+        layers = self._structure.layer_order
+        medians = [plan.value(values, f"effective_lr_log10/layer/{layer}/median") for layer in layers]
+        model = plan.value(values, "effective_lr_log10/model/median")
+        if model is None:  # an optimizer it cannot read: the update ratio
+            medians = [plan.value(values, f"update_ratio_log10/layer/{layer}") for layer in layers]
+            model = plan.value(values, "update_ratio_log10/model")
+        shown = _tags.shown_layers(layers, medians, model)
+        where = os.path.relpath(self.run_dir, os.path.dirname(os.path.dirname(self.run_dir)))
+        layout = _tags.layout(layers, shown, chosen_by=f"chosen by run {where}")
+        self._events.add(_events.proto_event(custom_scalar.pb(layout), 0))
+        described = "; ".join(f"{layer.scope}: Keras' {layer.keras_path}" for layer in self._structure.layers)
+        order = _events.text_value(
+            _tags.LAYER_ORDER, layers, description=f"The layers in model order ({described})"
+        )
+        self._events.add(_events.summary_event(order, 0))
+        if self.hparams:
+            from tensorboard.plugins.hparams import api as hp
+
+            config = _hparams(self.model.optimizer)
+            self._events.add(_events.proto_event(hp.hparams_pb(config, trial_id=self._run), 0))
+
+    def _close_events(self):
+        if self._events is not None:
+            with contextlib.suppress(Exception):  # the file may be broken already
+                self._events.close()
+        self._events = self._events_run = None
+
+    def _give_up(self, reason):
+        self._failed = True
+        self._active = False
+        self._close_events()
+        warnings.warn(
+            f"OptimizerDiagnostics stopped writing to {self.run_dir} ({reason}); training goes on without "
+            "optimizer diagnostics (a later `fit` with this callback tries again).",
+            stacklevel=1,
+        )
+
+    def _report_nonfinite(self, step, counts):
+        if not counts.any():
+            return
+        structure = self._structure
+        bad = [
+            (scope if scope == v.path else f"{scope} (Keras' {v.path})", int(n))
+            for v, scope, n in zip(structure.variables, structure.variable_scopes, counts, strict=True)
+            if n
+        ]
+        bad = [(name, n) for name, n in bad if name not in self._reported]
+        if not bad:
+            return
+        self._reported.update(name for name, _ in bad)
+        where = ", ".join(f"{name}: {n} elements" for name, n in bad)
+        action = (
+            "stopping training (stop_on_nonfinite=True)" if self.stop_on_nonfinite else "training goes on"
+        )
+        warnings.warn(
+            f"Non-finite values in the weights or optimizer state at step {step}: {where}; {action}.",
+            stacklevel=1,
+        )
+        if self.stop_on_nonfinite:
+            self.model.stop_training = True
 
     def _run_for(self, optimizer) -> str:
         """The run of `optimizer`: its own if it has written one, else the next free name."""
@@ -296,271 +423,423 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             stacklevel=1,
         )
 
-    def _log(self, step):
-        optimizer = self._reader.optimizer
-        histogram_every = self.histogram_every_n_steps
-        with_histograms = histogram_every is not None and (
-            step // histogram_every > self._histogram_mark // histogram_every
-        )
-        first = self._writer is None
-        if first:
-            os.makedirs(self.run_dir, exist_ok=True)
-            existing = set(self._event_files())
-            self._writer = tf.summary.create_file_writer(self.run_dir)
-            self._writer_run = self._run
-            self._writer.flush()
-            self._event_file = next(iter(set(self._event_files()) - existing), None)
-            self._written, self._pending = 0, False
-            if not any(ref() is optimizer for ref, _ in self._runs):
-                self._runs.append((weakref.ref(optimizer), self._run))
-        previous_step, previous_caches = self._previous or (step, self._no_caches())
-        lr = (
-            self._lr_before
-            if self._one_step_window
-            else _learning_rate_of_last_step(optimizer, self._lr_before)
-        )
-        out = self._compiled(with_histograms)(
-            self._before, lr, previous_caches, tf.constant(float(max(step - previous_step, 1)))
-        )
-        summary = self._summary(with_histograms, out, has_previous=self._previous is not None)
-        if not self._one_step_window:
-            summary.value.add(
-                tag="execution_steps", metadata=_SCALAR, tensor=_scalar_proto(step - self._before_step)
-            )
-        with self._writer.as_default(step=step):
-            if first:
-                self._write_layout_and_hparams()
-            tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step=step)
-        self._pending = True
-        self._logs_this_fit += 1
-        self._previous = (step, out["caches"])
-        if with_histograms:
-            self._histogram_mark = step
-        if first or time.monotonic() - self._flushed_at > FLUSH_SECONDS:
-            self._flush()
-        self._report_nonfinite(step, out["nonfinite"].numpy())
+    # ------------------------------------------------- the compiled statistics
+    def _function(self, kind):
+        if self._buffers is None:  # made once the optimizer is built: the slots' shapes are known
+            sizes = [int(np.prod(v.shape)) for v in self._variables]
+            dtypes = [keras.backend.standardize_dtype(v.dtype) for v in self._variables]
+            layout = _stats.Layout(sizes, dtypes, self._scope_rows())
+            current = self._current(layout)
+            keep_slots = self._reader.twin is not None and self._one_step_window
+            has_cache = self._reader.cache_slot is not None
+            self._buffers = _Buffers(layout, current, keep_slots, has_cache, self._mark)
+        if kind not in self._compiled:
+            fn = {"snapshot": self._snapshot, "stats": self._statistics, "histograms": self._histograms}[kind]
+            buffers = self._buffers.variables()
+            xla = self._xla and kind == "stats"
+            writes = [] if kind == "histograms" else buffers
+            self._compiled[kind] = Compiled(fn, [*self._reads, *buffers], writes, xla=xla)
+        return self._compiled[kind]
 
-    def _flush(self):
-        """Flushes the writer and checks that what was written reached the event file."""
-        self._writer.flush()
-        self._flushed_at = time.monotonic()
-        if self._pending:
-            self._pending = False
-            self._check_written()
-
-    def _compiled(self, with_histograms: bool):
-        """The compiled statistics, one trace with histograms and one without."""
-        if self._stats_fns is None:
-            self._stats_fns = {}
-        if with_histograms not in self._stats_fns:
-            self._stats_fns[with_histograms] = tf.function(
-                functools.partial(self._stats, with_histograms=with_histograms)
-            )
-        return self._stats_fns[with_histograms]
-
-    def _snapshot(self):
-        """The weights (and the slots a gradient is read from) just before a log step."""
-        reader, out = self._reader, []
-        for variable in self._variables:
-            entry = {"weight": tf.identity(variable.value)}
-            if reader.twin is not None and self._one_step_window:
-                state = reader.state(variable)  # slot variables, or views of flat buffers
-                entry.update({k: tf.identity(tf.convert_to_tensor(v)) for k, v in state.items()})
-            out.append(entry)
+    def _current(self, layout=None):
+        """The weights and slots now, per dtype: {dtype: {"weight": flat, slot: flat}}."""
+        reader, layout = self._reader, layout or self._buffers.layout
+        out = {}
+        for dtype, members in layout.groups.items():
+            variables = [self._variables[i] for i in members]
+            entry = {"weight": layout.flat(dtype, [ops.convert_to_tensor(v) for v in variables])}
+            if reader.twin is not None:
+                states = [reader.state(v) for v in variables]  # slot variables, or views of flat buffers
+                for name in states[0]:
+                    entry[name] = layout.flat(dtype, [ops.convert_to_tensor(st[name]) for st in states])
+            out[dtype] = entry
         return out
 
-    def _no_caches(self):
-        """Stand-ins for the caches of a previous log, before the first log."""
-        has_cache = self._reader.cache_slot is not None
-        return [tf.zeros(v.shape if has_cache else ()) for v in self._variables]
+    def _snapshot(self, current=None, steps=None):
+        """Copies the weights (and the slots a gradient is read from), the learning rate
+        Keras will take the next step with, and `iterations`, into the buffers. `current`:
+        the state, where the caller has read it; `steps`: the other two counts, where the
+        caller has moved them on."""
+        reader, buffers = self._reader, self._buffers
+        buffers.write_before(self._current() if current is None else current)
+        if not self._lr_is_callable:
+            buffers.lr.assign(_stats.f32(reader.optimizer.learning_rate))
+        iterations = ops.cast(ops.convert_to_tensor(reader.optimizer.iterations), "int32")
+        if steps is None:
+            steps = ops.convert_to_tensor(buffers.steps)
+        buffers.steps.assign(ops.stack([iterations, steps[buffers.PREVIOUS_STEP], steps[buffers.MARK]]))
+        return {"step": iterations}
 
-    def _stats(self, before, lr, previous_caches, steps_since, with_histograms):
-        """Every statistic of one log step, computed in one compiled call.
+    def _step_lr(self):
+        """The learning rate of the step just taken: read before it, into the buffer (or,
+        for the last step of an execution, a schedule evaluated for that step)."""
+        lr = ops.convert_to_tensor(self._buffers.lr)
+        if not self._one_step_window:
+            optimizer = self._reader.optimizer
+            lr = _learning_rate_of_last_step(optimizer, ops.convert_to_tensor(optimizer.iterations), lr)
+        return _stats.f32(lr)
 
-        `lr` is the learning rate of the step just taken (not the optimizer's
-        current one, which a schedule has already moved on to the next step's):
-        effective rates, the threshold and the gradient recovered from the change
-        of the state all use it.
+    def _rule(self, dtype, method, *args):
+        """`method(*args, variable)` (a rule's `rate_from_state`, say) on a dtype's flat
+        vectors: once, for an element-wise rule (as the optimizers' own groups run it),
+        else variable by variable."""
+        twin, layout = self._reader.twin, self._buffers.layout
+        if twin.elementwise:
+            return method(*args, _stats.Flat(layout.size(dtype), dtype))
+        pieces = []
+        for k, i in enumerate(layout.groups[dtype]):
+            variable = self._variables[i]
+            part = [
+                {name: layout.piece(dtype, k, x, variable.shape) for name, x in a.items()}
+                if isinstance(a, dict)
+                else a
+                for a in args
+            ]
+            pieces.append(method(*part, variable))
+        return layout.flat(dtype, pieces)
 
-        Returns small tensors only: "scalars" (a vector, tagged by `self._tags`, which
-        tracing fills), "histograms" (bucket counts and ranges, tagged by
-        `self._histogram_tags`), the "caches" for the next log's growth, and the
-        "nonfinite" count of each variable.
-        """
-        reader, twin = self._reader, self._reader.twin
-        optimizer = reader.optimizer
-        tags, scalars, histogram_tags, histograms = [], [], [], []
-        self._tags[with_histograms], self._histogram_tags[with_histograms] = tags, histogram_tags
-
-        def scalar(tag, value, gate=None):
-            tags.append((tag, gate))
-            scalars.append(tf.cast(value, tf.float32))
-
-        def summary(stats, scope):
-            touched = len(tags)
-            if _stats.TOUCHED in stats:
-                scalar(None, stats.pop(_stats.TOUCHED))
-            for key, value in stats.items():
-                group, _, rest = key.partition("/")
-                gate = None
-                if group == "effective_lr" and rest in _stats.DISTRIBUTION:
-                    gate = touched  # the rates' distribution, once some element has a rate
-                elif key == "cache/mean_growth_per_step_since_last_log":
-                    gate = "previous"  # growth, once there was a previous log
-                elif key == "update_ratio" and not self._one_step_window:
-                    group = "update_ratio_over_execution"  # a window of several steps
-                scalar(f"{group}/{scope}/{rest}" if rest else f"{group}/{scope}", value, gate)
-
-        def histogram(tag, values, mask=None, gate=None):
-            histogram_tags.append((tag, gate))
-            histograms.append(_stats.histogram(values, mask))
-
-        parts, caches, nonfinite, layers = [], [], [], {}
-        for i, variable in enumerate(self._variables):
-            path = variable.path
-            state = {name: tf.convert_to_tensor(value) for name, value in reader.state(variable).items()}
-            weight = tf.convert_to_tensor(variable)
-            rate = at_initial = momentum = cache = growth = gradient_squared = None
+    def _read(self, lr):
+        """The state now, per dtype, flat: the weights, slots, and what the rule makes of
+        them after the step taken at `lr`; the cache's growth per step since the previous
+        log. Returns (iterations, {dtype: {name: flat array or None}}, current)."""
+        reader, twin, buffers = self._reader, self._reader.twin, self._buffers
+        layout = buffers.layout
+        iterations = ops.convert_to_tensor(reader.optimizer.iterations)
+        previous_step = ops.convert_to_tensor(buffers.steps)[buffers.PREVIOUS_STEP]
+        steps_since = ops.maximum(_stats.f32(iterations) - _stats.f32(previous_step), 1.0)
+        current = self._current()
+        out = {}
+        for dtype, entry in current.items():
+            state = {name: value for name, value in entry.items() if name != "weight"}
+            arrays = {"weight": entry["weight"], "state": state, "rate": None, "touched": None}
+            arrays.update(momentum=None, cache=None, growth=None)
             if twin is not None:
-                rate = twin.rate_from_state(state, lr, optimizer.iterations, variable)
-                at_initial = twin.initial_mask_from_state(state, variable)
-                momentum = state.get(reader.momentum_slot)
-                cache = state.get(reader.cache_slot)
-            if cache is not None:
-                growth = (tf.cast(cache, tf.float32) - previous_caches[i]) / steps_since
-            change = weight - before[i]["weight"]
-            if twin is not None and self._one_step_window:
-                gradient_squared = reader.gradient_squared(
-                    before[i],
-                    state,
-                    tf.cast(change, rate.dtype),
-                    tf.cast(lr, rate.dtype),
-                    tf.cast(optimizer.iterations, rate.dtype),
+                arrays["rate"] = self._rule(dtype, twin.rate_from_state, state, lr, iterations)
+                initial = self._rule(dtype, twin.initial_mask_from_state, state)
+                real = ops.convert_to_tensor(layout.real(dtype))
+                arrays["touched"] = ops.logical_and(ops.logical_not(initial), real)
+                arrays["momentum"] = state.get(reader.momentum_slot)
+                arrays["cache"] = state.get(reader.cache_slot)
+            if arrays["cache"] is not None:
+                previous = ops.convert_to_tensor(buffers.caches[dtype])
+                arrays["growth"] = (_stats.f32(arrays["cache"]) - previous) / steps_since
+            out[dtype] = arrays
+        return iterations, out, current
+
+    def _statistics(self):
+        """Every statistic of one log step, in one compiled call, from the state now and
+        the snapshot in the buffers.
+
+        The learning rate is that of the step just taken (read before it: a schedule
+        has moved on to the next step's by now): effective rates, the threshold and the
+        gradient recovered from the change of the state all use it.
+
+        Returns arrays only: "scalars" (a vector, tagged by `self._plan`, which tracing
+        records) and "ints" (`iterations`, whether it passed a multiple and is logged,
+        and the non-finite count of each variable). Where it logs, the caches go to the
+        buffers for the next log's growth; where every batch logs, the state for the
+        next log's snapshot too.
+        """
+        reader, buffers = self._reader, self._buffers
+        layout = buffers.layout
+        lr = self._step_lr()
+        iterations, now, current = self._read(lr)
+        before = buffers.read_before()
+        arrays = {name: {} for name in ("weight", "change", "nonfinite", "gradient_squared")}
+        for name in ("rate", "touched", "momentum", "cache", "growth"):
+            arrays[name] = {}
+        for dtype, entry in now.items():
+            change = entry["weight"] - before[dtype]["weight"]
+            arrays["weight"][dtype] = before[dtype]["weight"]
+            arrays["change"][dtype] = change
+            arrays["nonfinite"][dtype] = _stats.nonfinite([entry["weight"], *entry["state"].values()])
+            gradient_squared = None
+            if entry["rate"] is not None and self._one_step_window:
+                rate_dtype = entry["rate"].dtype
+                slots_before = {k: v for k, v in before[dtype].items() if k != "weight"}
+                gradient_squared = self._rule(
+                    dtype,
+                    lambda before, after, change, lr, t, variable: reader.gradient_squared(
+                        before, after, change, lr, t
+                    ),
+                    slots_before,
+                    entry["state"],
+                    ops.cast(change, rate_dtype),
+                    ops.cast(lr, rate_dtype),
+                    ops.cast(iterations, rate_dtype),
                 )
-            p = _stats.part(
-                rate,
-                at_initial,
-                momentum,
-                cache,
-                growth,
-                before[i]["weight"],
-                change,
-                gradient_squared,
-                self.threshold_ratio * lr,
-            )
-            parts.append(p)
-            layers.setdefault(path.rpartition("/")[0] or path, []).append(p)
-            caches.append(tf.cast(cache, tf.float32) if cache is not None else tf.zeros(()))
-            nonfinite.append(
-                tf.add_n(
-                    [
-                        tf.reduce_sum(tf.cast(~tf.math.is_finite(tf.cast(x, tf.float32)), tf.int64))
-                        for x in [weight, *state.values()]
-                    ]
-                )
-            )
-            if self.per_variable:
-                summary(_stats.summarise([p]), f"var/{path}")
-                scalar(f"nonfinite/var/{path}", nonfinite[-1])
-            if with_histograms:
-                if rate is not None:
-                    histogram(f"effective_lr_log10/var/{path}", _stats.log10(rate), mask=~at_initial)
-                if momentum is not None:
-                    histogram(f"momentum/var/{path}/values", momentum)
-                if growth is not None:
-                    histogram(f"cache/var/{path}/growth_per_step_since_last_log", growth, gate="previous")
-            for name, index in self._trace_points.get(path, []):
-                values = {"weight": weight, "effective_lr": rate, "momentum": momentum, "cache": cache}
-                for key, value in values.items():
-                    if value is not None:
-                        scalar(f"trace/{name}/{key}", value[index])
-        for layer, layer_parts in layers.items():
-            summary(_stats.summarise(layer_parts), f"layer/{layer}")
-        summary(_stats.summarise(parts), "model")
+            arrays["gradient_squared"][dtype] = gradient_squared
+            for name in ("rate", "touched", "momentum", "cache", "growth"):
+                arrays[name][dtype] = entry[name]
+        arrays = {k: None if any(x is None for x in v.values()) else v for k, v in arrays.items()}
+        stats = _stats.statistics(layout, arrays, self.threshold_ratio * lr)
+        vector, plan = self._vector(stats, now)
+
+        # Logged where a step was taken since the snapshot and a multiple passed.
+        step = ops.cast(iterations, "int32")
+        every = self.every_n_steps
+        steps = ops.convert_to_tensor(buffers.steps)
+        mark = steps[buffers.MARK]
+        logged = ops.logical_and(step > steps[buffers.STEP_BEFORE], step // every > mark // every)
+        if buffers.caches:
+            buffers.write_caches({dtype: entry["cache"] for dtype, entry in now.items()}, logged)
+        steps = ops.where(logged, ops.stack([steps[0], step, step]), steps)
+        if self._carry:
+            self._snapshot(current, steps)
+        else:
+            buffers.steps.assign(steps)
+        if self._plan is None:
+            self._plan = plan
+        ints = [ops.reshape(step, [1]), ops.reshape(ops.cast(logged, "int32"), [1])]
+        per_variable = ops.cast(stats["nonfinite_per_variable"], "int32")
         return {
-            "scalars": tf.stack(scalars),
-            "histograms": histograms,
-            "caches": caches,
-            "nonfinite": tf.stack(nonfinite),
+            "scalars": ops.concatenate(vector, axis=0),
+            "ints": ops.concatenate([*ints, per_variable], axis=0),
         }
 
-    def _summary(self, with_histograms, out, has_previous):
-        """One Summary protocol buffer of everything a log step writes."""
-        values = out["scalars"].numpy()
-        summary = summary_pb2.Summary()
-        for (tag, gate), value in zip(self._tags[with_histograms], values, strict=True):
-            if tag is None or (gate == "previous" and not has_previous):
+    def _vector(self, stats, now):
+        """The statistics as one vector, and the plan that names its elements: the
+        quantities at their scopes, the traces, then the gates (not written)."""
+        structure, reader, layout = self._structure, self._reader, self._buffers.layout
+        names = _tags.scope_names(structure.layer_order, structure.variable_scopes, self.per_variable)
+        n_layers, n_scopes = len(structure.layers), len(names)
+        gates = [
+            (kind, stats[key])
+            for kind, key in (("touched", "touched"), ("weight", "weight_sumsq"))
+            if key in stats
+        ]
+        offsets = {kind: k * n_scopes for k, (kind, _) in enumerate(gates)}
+        plan, vector = _Plan(), []
+        for quantity in _tags.QUANTITIES:
+            if quantity.key not in stats:
                 continue
-            if isinstance(gate, int) and not values[gate] > 0:
-                continue
-            summary.value.add(tag=tag, metadata=_SCALAR, tensor=_scalar_proto(value))
-        for (tag, gate), (low, high, counts) in zip(
-            self._histogram_tags[with_histograms], out["histograms"], strict=True
-        ):
-            if gate == "previous" and not has_previous:
-                continue
-            summary.value.add(tag=tag, metadata=_HISTOGRAM, tensor=_stats.histogram_proto(low, high, counts))
-        return summary
+            if quantity.key == "cache_at_initial_value" and reader.cache_slot is None:
+                continue  # all elements of a rule without a cache: nothing to count
+            tag = (
+                quantity.tag
+                if self._one_step_window
+                else _tags.OVER_EXECUTION.get(quantity.tag, quantity.tag)
+            )
+            rows = _tags.rows_of(quantity, n_layers, n_scopes, self.per_variable)
+            vector.append(ops.take(stats[quantity.key], rows))
+            for row in rows:
+                plan.add(tag.format(scope=names[row]), quantity.gate, offsets.get(quantity.gate), row)
+        for index, name, i in self._trace_list():
+            dtype = next(d for d, members in layout.groups.items() if i in members)
+            position = layout.offset[i] + int(np.ravel_multi_index(index, self._variables[i].shape))
+            entry = now[dtype]
+            for key, value, log in (
+                ("weight", entry["weight"], False),
+                ("momentum", entry["momentum"], False),
+                ("effective_lr_log10", entry["rate"], True),
+                ("cache_log10", entry["cache"], True),
+            ):
+                if value is not None:
+                    value = value[position]
+                    vector.append(ops.reshape(_stats.log10(value) if log else _stats.f32(value), [1]))
+                    plan.add(f"trace/{name}/{key}", None, None, 0)
+        plan.finish()
+        vector += [_stats.f32(gate) for _, gate in gates]
+        return [ops.reshape(_stats.f32(v), [-1]) for v in vector], plan
 
-    def _write_layout_and_hparams(self):
-        from tensorboard.plugins.hparams import api as hparams
+    def _scope_rows(self):
+        """The variable indices of each scope: the model, the layers, the variables."""
+        structure = self._structure
+        layer_of = structure.variable_layer
+        rows = [list(range(len(self._variables)))]
+        rows += [[i for i, j in enumerate(layer_of) if j == k] for k in range(len(structure.layers))]
+        if self.per_variable:
+            rows += [[i] for i in range(len(self._variables))]
+        return rows
 
-        layers = sorted({v.path.rpartition("/")[0] or v.path for v in self._variables})
-        tf.summary.experimental.write_raw_pb(_layout(layers).SerializeToString(), step=0)
-        if not self.hparams:
-            return
-        optimizer = self.model.optimizer
-        config = {"optimizer": type(unwrap(optimizer)).__name__}
-        for key, value in unwrap(optimizer).get_config().items():
-            if isinstance(value, (bool, int, float, str)) and key != "name":
-                config[key] = value
-            elif isinstance(value, dict):  # a schedule: its class name
-                config[key] = str(value.get("class_name", value))
-        hparams.hparams(config, trial_id=self._run)
+    def _histograms(self):
+        """Histograms of log10 effective rates, momentum and cache growth per layer (and
+        per variable); their tags go to `self._histogram_tags`, as tracing finds them."""
+        structure, layout = self._structure, self._buffers.layout
+        _, now, _ = self._read(self._step_lr())
+        layer_of = structure.variable_layer
+        groups = [
+            (f"layer/{layer.scope}", [i for i, j in enumerate(layer_of) if j == k])
+            for k, layer in enumerate(structure.layers)
+        ]
+        if self.per_variable:
+            groups += [(f"var/{scope}", [i]) for i, scope in enumerate(structure.variable_scopes)]
 
-    def _event_files(self):
-        return glob.glob(os.path.join(self.run_dir, "events.out.tfevents.*"))
+        def pieces(kind, members):
+            out = []
+            for i in members:
+                dtype = next(d for d, m in layout.groups.items() if i in m)
+                value = now[dtype][kind]
+                if value is None:
+                    return None
+                out.append(value[layout.offset[i] : layout.offset[i] + layout.sizes[i]])
+            return out[0] if len(out) == 1 else ops.concatenate(out, axis=0)
 
-    def _check_written(self):
-        """TensorBoard's writer drops writes to a vanished directory silently: look."""
-        path = self._event_file
-        size = os.path.getsize(path) if path and os.path.exists(path) else 0
-        if size <= self._written:
-            raise OSError(f"no event data reached {self.run_dir}")
-        self._written = size
+        out, tags = [], []
+        for scope, members in groups:
+            for kind, gate in (("rate", None), ("momentum", None), ("growth", "previous")):
+                values = pieces(kind, members)
+                if values is None:
+                    continue
+                if kind == "rate":
+                    out.append(_stats.histogram(_stats.log10(values), pieces("touched", members)))
+                else:
+                    out.append(_stats.histogram(values))
+                tags.append((_tags.HISTOGRAMS[kind].format(scope=scope), gate))
+        self._histogram_tags = tags
+        return out
 
-    def _close_writer(self):
-        if self._writer is not None:
-            with contextlib.suppress(Exception):  # the writer may be broken already
-                self._writer.close()
-        self._writer = self._writer_run = None
+    def _trace_list(self):
+        """(index, tag name, variable index) of each traced weight."""
+        out = []
+        for i, variable in enumerate(self._variables):
+            for name, index in self._trace_points.get(id(variable), []):
+                out.append((index, name, i))
+        return out
 
-    def _give_up(self, reason):
-        self._failed = True
-        self._active = False
-        self._close_writer()
-        warnings.warn(
-            f"OptimizerDiagnostics stopped writing to {self.run_dir} ({reason}); training goes on without "
-            "optimizer diagnostics (a later `fit` with this callback tries again).",
-            stacklevel=1,
-        )
 
-    def _report_nonfinite(self, step, counts):
-        bad = [(v.path, int(n)) for v, n in zip(self._variables, counts, strict=True) if n]
-        bad = [(path, n) for path, n in bad if path not in self._reported]
-        if not bad:
-            return
-        self._reported.update(path for path, _ in bad)
-        where = ", ".join(f"{path} ({n} elements)" for path, n in bad)
-        action = (
-            "stopping training (stop_on_nonfinite=True)" if self.stop_on_nonfinite else "training goes on"
-        )
-        warnings.warn(
-            f"Non-finite values in the weights or optimizer state at step {step}: {where}; {action}.",
-            stacklevel=1,
-        )
-        if self.stop_on_nonfinite:
-            self.model.stop_training = True
+class _Buffers:
+    """The callback's own variables, which the compiled calls read and assign: the
+    snapshot (the weights, and the slots a gradient is read from, before the step), the
+    learning rate of that step, the caches of the previous log, and three counts:
+    `iterations` before the step, the step of the previous log, the last step logged.
+    Not the model's, not the optimizer's: saved models and `optimizer.variables` stay as
+    they are. Each is one flat variable (a dtype), so that a call assigns a handful of
+    variables however many the model has: each assignment costs a compiled call about
+    as much as the arithmetic of a small model's statistics."""
+
+    STEP_BEFORE, PREVIOUS_STEP, MARK = 0, 1, 2
+
+    def __init__(self, layout, current, keep_slots, has_cache, mark):
+        def variable(value, name):
+            return keras.Variable(value, trainable=False, name=f"optimizer_diagnostics_{name}")
+
+        self.layout = layout
+        self.names, self.dtypes, self.snapshot, self.caches = {}, {}, {}, {}
+        for dtype, entry in current.items():
+            names = [name for name in entry if name == "weight" or keep_slots]
+            self.names[dtype] = names
+            self.dtypes[dtype] = {name: keras.backend.standardize_dtype(entry[name].dtype) for name in names}
+            wide = max(self.dtypes[dtype].values(), key=lambda d: np.dtype(d).itemsize)
+            size = layout.size(dtype)
+            self.snapshot[dtype] = variable(np.zeros((len(names), size), wide), f"snapshot_{dtype}")
+            if has_cache:
+                self.caches[dtype] = variable(np.zeros(size, "float32"), f"caches_{dtype}")
+        self.lr = variable(np.float32(0), "lr")
+        self.steps = variable(np.array([0, 0, mark], "int32"), "steps")
+
+    def variables(self) -> list:
+        return [*self.snapshot.values(), *self.caches.values(), self.lr, self.steps]
+
+    def read_before(self) -> dict:
+        """{dtype: {name: flat array before the step}}."""
+        out = {}
+        for dtype, buffer in self.snapshot.items():
+            flat = ops.convert_to_tensor(buffer)
+            out[dtype] = {
+                name: ops.cast(flat[k], self.dtypes[dtype][name]) for k, name in enumerate(self.names[dtype])
+            }
+        return out
+
+    def write_before(self, current) -> None:
+        for dtype, buffer in self.snapshot.items():
+            rows = [ops.cast(current[dtype][name], buffer.dtype) for name in self.names[dtype]]
+            buffer.assign(ops.stack(rows))
+
+    def write_caches(self, caches, where) -> None:
+        for dtype, buffer in self.caches.items():
+            new = _stats.f32(caches[dtype])
+            buffer.assign(ops.where(where, new, ops.convert_to_tensor(buffer)))
+
+    def set_mark(self, step: int) -> None:
+        """Sets the last step logged (from the host, at the start of a `fit`)."""
+        steps = to_numpy(self.steps).copy()
+        steps[self.MARK] = step
+        self.steps.assign(steps)
+
+
+class _Plan:
+    """The tags of the scalars vector a log step returns, which of them to write, and
+    their encoding: where every tag is written (as in all but a run's first logs), the
+    `Summary` is a copy of a template with the values' bytes put in place."""
+
+    def __init__(self):
+        self.tags, self._gates = [], []
+        self.encoder = _events.ScalarEncoder()
+
+    def add(self, tag, gate, gate_offset, row):
+        self.tags.append(tag)
+        self._gates.append((gate, None if gate_offset is None else gate_offset + row))
+
+    def finish(self):
+        n = len(self.tags)
+        self._index = {tag: i for i, tag in enumerate(self.tags)}
+        self._always = np.array([gate is None for gate, _ in self._gates], dtype=bool)
+        self._previous = np.array([gate == "previous" for gate, _ in self._gates], dtype=bool)
+        self._gate_at = np.array([-1 if at is None else n + at for _, at in self._gates], dtype=np.int64)
+        self._gated = np.flatnonzero(self._gate_at >= 0)
+        # The Summary of all tags, and where each value's four bytes go in it.
+        template, offsets = b"", []
+        for tag in self.tags:
+            template += self.encoder.prefix(tag)
+            offsets.append(len(template))
+            template += b"\0\0\0\0"
+        self._template = np.frombuffer(template, np.uint8)
+        self._offsets = (np.asarray(offsets, np.int64)[:, None] + np.arange(4)).ravel()
+
+    def encode(self, values, has_previous) -> bytes:
+        """The `Summary` bytes of the values whose gate holds (all, mostly)."""
+        n = len(self.tags)
+        holds = values[self._gate_at[self._gated]] > 0
+        if holds.all() and (has_previous or not self._previous.any()):
+            summary = self._template.copy()
+            summary[self._offsets] = np.ascontiguousarray(values[:n], dtype="<f4").view(np.uint8)
+            return summary.tobytes()
+        keep = self._always.copy()
+        keep[self._gated] = holds
+        keep |= self._previous & has_previous
+        keep = np.flatnonzero(keep)
+        return self.encoder.encode([self.tags[i] for i in keep], values[keep])
+
+    def value(self, values, tag):
+        i = self._index.get(tag)
+        return None if i is None else float(values[i])
+
+
+def _variables_read(model, optimizer) -> list:
+    """The variables the statistics read: the model's trainable ones and the optimizers'."""
+    out, seen = [], set()
+    for v in [*model.trainable_variables, *model.optimizer.variables, *optimizer.variables]:
+        if id(v) not in seen:
+            seen.add(id(v))
+            out.append(v)
+    return out
+
+
+def _lr_is_callable(optimizer) -> bool:
+    """A learning rate given as a plain callable (not a schedule, not a number)."""
+    lr = getattr(optimizer, "_learning_rate", None)
+    schedule = keras.optimizers.schedules.LearningRateSchedule
+    return callable(lr) and not isinstance(lr, (schedule, keras.Variable))
+
+
+def _under_strategy(model) -> bool:
+    if backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    strategy = getattr(model, "distribute_strategy", None)
+    return strategy is not None and type(strategy) is not type(tf.distribute.get_strategy())
+
+
+def _hparams(optimizer) -> dict:
+    config = {"optimizer": type(unwrap(optimizer)).__name__}
+    for key, value in unwrap(optimizer).get_config().items():
+        if isinstance(value, (bool, int, float, str)) and key != "name":
+            config[key] = value
+        elif isinstance(value, dict):  # a schedule: its class name
+            config[key] = str(value.get("class_name", value))
+    return config
 
 
 def _iterations_after_batch(optimizer, iterations, steps_per_execution) -> int:
@@ -571,10 +850,10 @@ def _iterations_after_batch(optimizer, iterations, steps_per_execution) -> int:
     raw = getattr(optimizer, "_iterations", None)
     if not accumulation or raw is None:
         return iterations + steps_per_execution
-    return (int(keras.ops.convert_to_numpy(raw)) + steps_per_execution) // accumulation
+    return (int(to_numpy(raw)) + steps_per_execution) // accumulation
 
 
-def _learning_rate_of_last_step(optimizer, read_before):
+def _learning_rate_of_last_step(optimizer, iterations, read_before):
     """The learning rate of the last step of a window of several steps (one execution
     under `steps_per_execution`): a schedule evaluated where Keras evaluated it for that
     step (at the raw iteration count before it, `iterations * gradient_accumulation_steps
@@ -584,59 +863,7 @@ def _learning_rate_of_last_step(optimizer, read_before):
     if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
         return read_before
     accumulation = getattr(optimizer, "gradient_accumulation_steps", None) or 1
-    iterations = tf.cast(tf.convert_to_tensor(optimizer.iterations), tf.int64)
-    return tf.cast(schedule(iterations * accumulation - 1), tf.float32)
-
-
-def _layout(layers):
-    from tensorboard.plugins.custom_scalar import layout_pb2
-    from tensorboard.plugins.custom_scalar import summary as custom_scalar
-
-    def margin(title, fmt):
-        series = [
-            layout_pb2.MarginChartContent.Series(
-                value=fmt(layer, "median"), lower=fmt(layer, "q05"), upper=fmt(layer, "q95")
-            )
-            for layer in layers
-        ]
-        return layout_pb2.Chart(title=title, margin=layout_pb2.MarginChartContent(series=series))
-
-    def lines(title, *regexes):
-        return layout_pb2.Chart(title=title, multiline=layout_pb2.MultilineChartContent(tag=list(regexes)))
-
-    def rate(layer, q):
-        return f"effective_lr/layer/{layer}/{q}"
-
-    layout = layout_pb2.Layout(
-        category=[
-            layout_pb2.Category(
-                title="Optimizer",
-                chart=[
-                    margin("Median effective learning rate per layer (band: 5% to 95%)", rate),
-                    lines(
-                        "Update-to-weight ratio ||dw|| / ||w||",
-                        r"update_ratio(_over_execution)?/(layer/.*|model)",
-                    ),
-                    lines("Gradient norm", r"gradient_norm/(layer/.*|model)"),
-                    lines("Momentum L2 norm", r"momentum/(layer/.*|model)/l2_norm"),
-                    lines("Cache mean", r"cache/(layer/.*|model)/mean"),
-                    lines(
-                        "Cache growth per step since the previous log",
-                        r"cache/(layer/.*|model)/mean_growth_per_step_since_last_log",
-                    ),
-                    lines(
-                        "Share of rates below threshold",
-                        r"effective_lr/(layer/.*|model)/fraction_below_threshold",
-                    ),
-                    lines(
-                        "Elements whose cache is at its initial value",
-                        r"effective_lr/(layer/.*|model)/cache_at_initial_value",
-                    ),
-                ],
-            )
-        ]
-    )
-    return custom_scalar.pb(layout)
+    return schedule(ops.cast(iterations, "int64") * accumulation - 1)
 
 
 def _check_run_name(run_name) -> str:
@@ -691,15 +918,21 @@ def _check_traces(traces):
     return out
 
 
-def _resolve_traces(traces, variables):
-    """{variable path: [(tag name, index)]}; a path may be a suffix of the variable's path."""
+def _resolve_traces(traces, structure):
+    """{id(variable): [(tag name, index)]}; a path may be a suffix of the variable's Keras
+    path or of its scope (`0_dense/kernel`)."""
     points = {}
+    variables, scopes = structure.variables, structure.variable_scopes
     for path, index in traces:
-        matches = [v for v in variables if v.path == path or v.path.endswith("/" + path)]
+        matches = [
+            v
+            for v, scope in zip(variables, scopes, strict=True)
+            if any(name == path or name.endswith("/" + path) for name in (v.path, scope))
+        ]
         if len(matches) != 1:
             raise ValueError(
                 f"`traces` names {path!r}, which matches {len(matches)} trainable variables; "
-                f"choose one of {[v.path for v in variables]}."
+                f"choose one of {scopes} (or their Keras paths {[v.path for v in variables]})."
             )
         variable = matches[0]
         if len(index) != len(variable.shape) or any(
@@ -709,8 +942,8 @@ def _resolve_traces(traces, variables):
                 f"`traces` index {index} is out of range for {variable.path} "
                 f"of shape {tuple(variable.shape)}."
             )
-        name = f"{variable.path}[{','.join(map(str, index))}]"
-        points.setdefault(variable.path, []).append((name, index))
+        name = f"{structure.scope_of(variable)}[{','.join(map(str, index))}]"
+        points.setdefault(id(variable), []).append((name, index))
     return points
 
 

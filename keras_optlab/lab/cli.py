@@ -175,15 +175,14 @@ def compare(args) -> None:
     initial = training.build_model(dataset, args.model, args.seed).get_weights()
     metric, metric_label = ("accuracy", "accuracy") if dataset.task == "classification" else ("mae", "MAE")
     os.makedirs(out, exist_ok=True)
+    # Every optimizer's hyperparameters, known before training: HParams declares each as a
+    # column (an undeclared one is recorded but never shown), with the values it takes.
+    values = {
+        cls.__name__: _hparam_values(_make(cls, args.convention, rates[cls.__name__]), args)
+        for cls in classes
+    }
     with tf.summary.create_file_writer(out).as_default():
-        hp.hparams_config(
-            hparams=[hp.HParam("optimizer"), hp.HParam("learning_rate")],
-            metrics=[
-                hp.Metric("epoch_loss", group="validation", display_name="validation loss"),
-                hp.Metric(f"epoch_{metric}", group="validation", display_name=f"validation {metric_label}"),
-                hp.Metric("epoch_loss", group="train", display_name="training loss"),
-            ],
-        )
+        hp.hparams_config(hparams=_declared_hparams(values), metrics=_declared_metrics(metric, metric_label))
     runs, current = [], None
     progress = _Progress(len(classes))
     try:
@@ -192,10 +191,7 @@ def compare(args) -> None:
             progress.show(i, f"training with {current}")
             run_dir = os.path.join(out, current)
             with tf.summary.create_file_writer(run_dir).as_default():
-                hp.hparams(
-                    {"optimizer": current, "learning_rate": rates[current], "convention": args.convention},
-                    trial_id=current,
-                )
+                hp.hparams(values[current], trial_id=current)
             callbacks = [
                 keras.callbacks.TensorBoard(run_dir),
                 OptimizerDiagnostics(run_dir, every_n_steps=args.every_n_steps, hparams=False),
@@ -213,6 +209,11 @@ def compare(args) -> None:
                     callbacks,
                 )
             runs.append(run)
+            if run.steps_to_target is not None:  # a metric of the HParams table
+                with tf.summary.create_file_writer(run_dir).as_default():
+                    tf.summary.scalar(
+                        "steps_to_target", run.steps_to_target, step=run.steps_per_epoch * args.epochs
+                    )
             current = None
         progress.done()
     except KeyboardInterrupt:
@@ -232,6 +233,58 @@ def compare(args) -> None:
     finally:
         progress.end()  # whatever stopped the loop, the message that follows starts a line
     _compare_report(runs, dataset, args, out, metric, metric_label)
+
+
+def _hparam_values(optimizer, args) -> dict:
+    """What a compare run's HParams record: the optimizer, the convention, the learning rate,
+    and every argument of the rule (its own constructor's, and `coupled_weight_decay`,
+    which the conventions set), as the optimizer's config holds them."""
+    import inspect
+
+    cls = type(optimizer)
+    config = optimizer.get_config()
+    names = [
+        p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "learning_rate", "kwargs")
+    ]
+    values = {"optimizer": cls.__name__, "convention": args.convention}
+    values["learning_rate"] = float(config["learning_rate"])
+    for name in [*names, "coupled_weight_decay"]:
+        value = config.get(name)
+        if isinstance(value, (bool, int, float, str)):
+            values[name] = value
+    return values
+
+
+def _declared_hparams(values: dict) -> list:
+    """An `HParam` for every name any run records, with the values the runs take (a
+    rule's hyperparameter another rule lacks stays empty in that rule's row)."""
+    from tensorboard.plugins.hparams import api as hp
+
+    names = list(dict.fromkeys(name for run in values.values() for name in run))
+    out = []
+    for name in names:
+        taken = [run[name] for run in values.values() if name in run]
+        if all(isinstance(v, (bool, str)) for v in taken):
+            domain = hp.Discrete(sorted(set(taken), key=str))
+        else:
+            low, high = min(float(v) for v in taken), max(float(v) for v in taken)
+            domain = hp.RealInterval(low, high) if low < high else hp.Discrete([float(low)])
+        out.append(hp.HParam(name, domain))
+    return out
+
+
+def _declared_metrics(metric: str, label: str) -> list:
+    """The HParams table's metrics: final losses (Keras' `epoch_loss` of the last epoch, in
+    the train and validation runs), final validation accuracy (or MAE), and the steps to
+    the target loss (written by `compare`, where the target was reached)."""
+    from tensorboard.plugins.hparams import api as hp
+
+    return [
+        hp.Metric("epoch_loss", group="train", display_name="final training loss"),
+        hp.Metric("epoch_loss", group="validation", display_name="final validation loss"),
+        hp.Metric(f"epoch_{metric}", group="validation", display_name=f"final validation {label}"),
+        hp.Metric("steps_to_target", display_name="steps to target loss"),
+    ]
 
 
 def _compare_report(runs, dataset, args, out, metric, metric_label, partial: str | None = None) -> None:

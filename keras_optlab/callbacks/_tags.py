@@ -1,0 +1,176 @@
+"""What the diagnostics write: the quantities, their tags, and the custom-scalars dashboard.
+
+A *scope* is `model`, `layer/<layer>` or `var/<layer>/<variable>`, under the stable
+names of `_scopes`. Each quantity is written at the model and at each layer
+(`everywhere`), or at the model alone; with `per_variable=True` every quantity is
+also written at each variable (and the model-only ones at each layer too).
+
+Quantities that span decades are written as their log10 and named so
+(`effective_lr_log10`, `update_ratio_log10`, ...): a custom-scalars chart has no
+logarithmic axis. log10(0) is written as -37.93 (`_stats.LOG10_FLOOR`).
+
+A later group of quantities is a list of rows like `QUANTITIES` (and the statistics
+that fill them): the groups are counted apart, and the dashboard gets a section
+of its own for each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+#: At most this many lines (the model and the layers) in a chart of a quantity per layer.
+LINES_PER_CHART = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Quantity:
+    key: str  # the name of the statistic (`_stats.summarise`)
+    tag: str  # its tag, `{scope}` standing for the scope
+    everywhere: bool  # written at the model and every layer (else at the model alone)
+    gate: str | None = None  # written only where: "touched" (some rate), "weight" (||w|| > 0), "previous"
+
+
+#: The quantities of one log step, in the order they are written.
+QUANTITIES = (
+    Quantity("rate_q05_log10", "effective_lr_log10/{scope}/q05", True, "touched"),
+    Quantity("rate_median_log10", "effective_lr_log10/{scope}/median", True, "touched"),
+    Quantity("rate_q95_log10", "effective_lr_log10/{scope}/q95", True, "touched"),
+    Quantity("rate_max_log10", "effective_lr_log10/{scope}/max", False, "touched"),
+    Quantity("fraction_below_threshold", "effective_lr/{scope}/fraction_below_threshold", True),
+    Quantity("cache_at_initial_value", "effective_lr/{scope}/cache_at_initial_value", True),
+    Quantity("update_ratio_log10", "update_ratio_log10/{scope}", True, "weight"),
+    Quantity("gradient_norm_log10", "gradient_norm_log10/{scope}", True),
+    Quantity("momentum_l2_norm_log10", "momentum_log10/{scope}/l2_norm", True),
+    Quantity("cache_mean_log10", "cache_log10/{scope}/mean", True),
+    Quantity("cache_growth", "cache/{scope}/mean_growth_per_step_since_last_log", False, "previous"),
+    Quantity("nonfinite", "nonfinite/{scope}", False),
+)
+#: Under steps_per_execution > 1 the update ratio spans the execution, and is named so.
+OVER_EXECUTION = {"update_ratio_log10/{scope}": "update_ratio_over_execution_log10/{scope}"}
+#: Histograms (at histogram steps), per layer (and per variable with `per_variable`).
+HISTOGRAMS = {
+    "rate": "effective_lr_log10/{scope}/values",
+    "momentum": "momentum/{scope}/values",
+    "growth": "cache/{scope}/growth_per_step_since_last_log",
+}
+#: The layer order, a text summary at the first log: a 1-D string tensor of the layers'
+#: scopes (as in `layer/<scope>`), in model order.
+LAYER_ORDER = "layer_order"
+
+
+def scope_names(layer_order, variable_scopes, per_variable):
+    """The scopes, in the rows' order: the model, the layers, and with `per_variable` the
+    variables."""
+    names = ["model", *(f"layer/{layer}" for layer in layer_order)]
+    return names + ([f"var/{v}" for v in variable_scopes] if per_variable else [])
+
+
+def rows_of(quantity: Quantity, n_layers: int, n_scopes: int, per_variable: bool) -> list[int]:
+    """The scope rows a quantity is written at."""
+    if per_variable:
+        return list(range(n_scopes))
+    return list(range(1 + n_layers)) if quantity.everywhere else [0]
+
+
+# ------------------------------------------------------------------ the dashboard
+def _alternatives(scopes) -> str:
+    return "|".join(re.escape(s) for s in scopes)
+
+
+def layout(layers, shown, chosen_by: str = ""):
+    """The custom-scalars layout for a model whose layers are `layers` (scopes, in model
+    order), showing `shown` of them in the charts per layer (all of them where they fit).
+
+    It depends on the layers alone (not on the optimizer: TensorBoard merges the
+    layouts of all runs under a log directory, and would show a chart twice where two
+    runs' layouts differ), except where a model has more layers than fit in a chart:
+    then `chosen_by` (the run that chose them) is in the titles of those charts."""
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    scopes = ["model", *(f"layer/{layer}" for layer in shown)]
+    which = ""
+    if len(shown) < len(layers):
+        which = f" ({len(shown)} of {len(layers)} layers, furthest from the model's median; {chosen_by})"
+    alternatives = _alternatives(scopes)
+
+    def lines(title, regex):
+        return layout_pb2.Chart(title=title, multiline=layout_pb2.MultilineChartContent(tag=[regex]))
+
+    def per_scope(title, prefix, suffix="", everywhere=True):
+        regex = f"^{prefix}({alternatives if everywhere else 'model'}){re.escape(suffix)}$"
+        return lines(title + (which if everywhere else ""), regex)
+
+    rates = layout_pb2.Chart(
+        title="Effective learning rate, log10: median per layer, band from q05 to q95" + which,
+        margin=layout_pb2.MarginChartContent(
+            series=[
+                layout_pb2.MarginChartContent.Series(
+                    value=f"effective_lr_log10/{s}/median",
+                    lower=f"effective_lr_log10/{s}/q05",
+                    upper=f"effective_lr_log10/{s}/q95",
+                )
+                for s in scopes
+            ]
+        ),
+    )
+    first = layout_pb2.Category(
+        title="Optimizer: dying or exploding steps, update ratios, non-finite values",
+        chart=[
+            rates,
+            per_scope(
+                "Share of effective rates below threshold_ratio x learning rate (dying steps)",
+                "effective_lr/",
+                "/fraction_below_threshold",
+            ),
+            per_scope(
+                "Update ratio ||dw|| / ||w||, log10 (about -3 is healthy)",
+                r"update_ratio(_over_execution)?_log10/",
+            ),
+            per_scope("Non-finite elements in weights and optimizer state", "nonfinite/", everywhere=False),
+        ],
+    )
+    second = layout_pb2.Category(
+        title="Optimizer: gradients and the largest rates",
+        chart=[
+            per_scope("Gradient norm, log10", "gradient_norm_log10/"),
+            per_scope(
+                "Largest effective learning rate, log10", "effective_lr_log10/", "/max", everywhere=False
+            ),
+        ],
+    )
+    third = layout_pb2.Category(
+        title="Optimizer: momentum and cache (optimizers that keep them)",
+        chart=[
+            per_scope("Momentum L2 norm, log10 (optimizers with momentum)", "momentum_log10/", "/l2_norm"),
+            per_scope("Cache mean, log10 (optimizers with a cache)", "cache_log10/", "/mean"),
+            per_scope(
+                "Elements whose cache is at its initial value (optimizers with a cache)",
+                "effective_lr/",
+                "/cache_at_initial_value",
+            ),
+            per_scope(
+                "Cache growth per step since the previous log, whole model (optimizers with a cache)",
+                "cache/",
+                "/mean_growth_per_step_since_last_log",
+                everywhere=False,
+            ),
+        ],
+    )
+    return layout_pb2.Layout(category=[first, second, third])
+
+
+def shown_layers(layers, layer_values, model_value) -> list[str]:
+    """All layers where they fit in a chart beside the model; else those whose value
+    (the log10 median effective rate, say) is furthest from the model's, in model order.
+    A layer without a value (None) comes last."""
+    room = LINES_PER_CHART - 1
+    if len(layers) <= room:
+        return list(layers)
+
+    def distance(i):
+        value = layer_values[i]
+        return -1.0 if value is None or model_value is None else abs(value - model_value)
+
+    chosen = sorted(range(len(layers)), key=distance, reverse=True)[:room]
+    return [layers[i] for i in sorted(chosen)]
