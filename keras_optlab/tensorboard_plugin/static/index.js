@@ -8,7 +8,7 @@ import {drawQuantiles} from './quantiles.js';
 const SVG = 'http://www.w3.org/2000/svg';
 const MAX_HEIGHT = 480;  // of a heatmap, in CSS pixels
 const MAX_ROW = 22;  // pixels a row at most
-const LABEL_MIN_ROW = 11;  // rows thinner than this get a label every few rows
+const LABEL_MIN_ROW = 14;  // rows thinner than this get a label every few rows
 
 const state = {
   index: null,  // the `runs` route
@@ -100,8 +100,8 @@ export async function render() {
   const note = element('p', {class: 'ko-note', text:
     'Rows: layers in model order. Columns: the logged steps TensorBoard kept, evenly spaced: ' +
     (samples === 0 ? 'every step (--samples_per_plugin scalars=0). '
-        : `at most ${samples} a tag, sampled at random with the last step always kept; ` +
-          'start TensorBoard with --samples_per_plugin scalars=0 to see every step. ') +
+        : `at most ${samples} a tag, sampled at random with the last step always kept; to see every ` +
+          'step, start TensorBoard with --samples_per_plugin scalars=N, N at least the steps logged. ') +
     'Red marks under a heatmap: steps with NaN or infinite weights or state. ' +
     'Grey: not logged; black: a NaN or infinite value. Click a cell for the layer\'s ' +
     'effective-rate quantiles.'});
@@ -269,8 +269,8 @@ function heatmapView(data, scale, panelWidth) {
     (data.tag.includes('over_execution') ? '; update ratio over each execution' : '') +
     (data.order === 'layer_order' ? '' : '; no layer_order summary: layers sorted by name') +
     (data.aligned ? '' : '; the layers were sampled at different steps (TensorBoard samples each tag ' +
-        'on its own): grey cells are steps a layer\'s sample lacks; --samples_per_plugin scalars=0 ' +
-        'keeps every step')});
+        'on its own): grey cells are steps a layer\'s sample lacks; --samples_per_plugin scalars=N, ' +
+        'N at least the steps logged, keeps every step')});
   return element('div', {}, grid, footer);
 }
 
