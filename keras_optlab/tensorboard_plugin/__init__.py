@@ -1,0 +1,1 @@
+"""The Optimizer tab for TensorBoard (see plugin.py)."""
