@@ -1,9 +1,11 @@
 """Overhead of OptimizerDiagnostics on `model.fit` with the lab's model.
 
-    python bench/callback_overhead.py [--repeats 15] [--epochs 3] [--json bench/callback_overhead.json]
+    python bench/callback_overhead.py [--repeats 15] [--epochs 3] [--optimizer keras_optlab|keras]
+                                      [--json bench/callback_overhead.json]
 
-The lab's default model (MLP 64-64-32-10 on scikit-learn's digits, batch 32, Adam)
-fits `--epochs` epochs with and without the callback, in alternating pairs, on the
+The lab's default model (MLP 64-64-32-10 on scikit-learn's digits, batch 32, Adam:
+keras_optlab's, or Keras' built-in with `--optimizer keras`; the backend is Keras', set by
+KERAS_BACKEND) fits `--epochs` epochs with and without the callback, in alternating pairs, on the
 same model (the train function and the callback's compiled statistics are traced in
 a warm-up fit first, whose cost is reported apart). The figure is the median of the
 paired ratios fit time with / without, and a 95% interval, for the default interval
@@ -22,6 +24,7 @@ import warnings
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import keras
 from common import machine, median_interval, paired, write_json
 
 import keras_optlab as ko
@@ -34,6 +37,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--optimizer", choices=["keras_optlab", "keras"], default="keras_optlab")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     # A callback that stopped writing would be measured doing nothing: make that fatal.
@@ -41,7 +45,8 @@ def main(argv=None):
 
     dataset = data.load("digits")
     model = training.build_model(dataset, "mlp", seed=0)
-    training.compile_for(model, dataset, ko.Adam())
+    optimizer = ko.Adam() if args.optimizer == "keras_optlab" else keras.optimizers.Adam()
+    training.compile_for(model, dataset, optimizer)
     logdir = tempfile.mkdtemp(prefix="optlab-bench-")
     settings = {
         "default interval (100 steps, histograms 1000)": {},
@@ -62,7 +67,9 @@ def main(argv=None):
     fit([])  # traces the train function
     first_fit = time.perf_counter() - start
     steps = args.epochs * -(-len(dataset.x_train) // 32)
-    results = {"machine": machine(), "steps_per_fit": steps, "first_fit_seconds": first_fit, "cases": {}}
+    results = {"machine": machine(), "backend": keras.backend.backend(), "optimizer": args.optimizer}
+    results |= {"steps_per_fit": steps, "first_fit_seconds": first_fit, "cases": {}}
+    print(f"{type(optimizer).__module__}.{type(optimizer).__name__} on {keras.backend.backend()}:", end=" ")
     print(f"{steps} steps a fit; {args.repeats} pairs each\n")
     print(f"{'logging':45s} {'ratio (median)':>14s} {'95% interval':>16s} {'first fit, traced':>18s}")
     for name, kwargs in settings.items():

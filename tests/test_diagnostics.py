@@ -30,6 +30,11 @@ BATCH, STEPS_PER_EPOCH = 16, 4
 #: One bin of the quantiles' histogram, in log10.
 BIN = 0.025
 tensorflow_only = pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's own machinery")
+# Names, tag counts, the dashboard's layout and argument checks are Python that no backend
+# changes: run on TensorFlow alone (tests/test_backends.py runs this file under JAX and PyTorch).
+backend_independent = pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="backend-independent: names, layout and checks, run on TensorFlow"
+)
 
 
 def _np(x):
@@ -320,6 +325,7 @@ def _mlp(units=(8, 4, 3)):
     return keras.Sequential([*layers, keras.layers.Dense(units[-1])])
 
 
+@backend_independent
 def test_auto_named_layers_get_the_same_tags_in_every_model(tmp_path):
     """Two Sequential models built one after the other: Keras names their layers dense_k..
     and dense_(k+3).., the diagnostics 0_dense, 1_dense, 2_dense in both; the layer order
@@ -347,6 +353,7 @@ def test_auto_named_layers_get_the_same_tags_in_every_model(tmp_path):
     assert [s.decode() for s in order.ravel()] == ["0_dense", "1_dense", "2_dense"]
 
 
+@backend_independent
 def test_nested_models_and_user_names(tmp_path):
     """A functional model around an auto-named Sequential and a named layer: scopes are
     the path of names through the structure, positions counting the parent's layers
@@ -372,6 +379,7 @@ def test_nested_models_and_user_names(tmp_path):
     assert "update_ratio_log10/var/2_sequential/1_dense/bias" in plugin_tags(run, "scalars")
 
 
+@backend_independent
 def test_the_lab_model_writes_at_most_40_scalar_tags_by_default(tmp_path):
     """The lab's MLP (3 Dense layers) with Adam, which has every quantity: 39 scalar tags at
     the default detail, the model and its layers."""
@@ -595,6 +603,7 @@ def test_training_state_and_saved_files_do_not_change(tmp_path):
 
 
 # -------------------------------------------------------------- write failures
+@backend_independent
 def test_unwritable_log_dir_fails_before_any_step(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
@@ -613,6 +622,7 @@ def test_log_dir_on_a_virtual_file_system_fails_before_any_step(log_dir):
     assert int(_np(model.optimizer.iterations)) == 0 and not os.path.exists(log_dir)
 
 
+@backend_independent
 def test_run_directory_that_is_a_file_fails_before_any_step(tmp_path):
     (tmp_path / "optimizer").write_text("not a directory")
     model = _model(ko.SGD())
@@ -621,6 +631,7 @@ def test_run_directory_that_is_a_file_fails_before_any_step(tmp_path):
     assert int(_np(model.optimizer.iterations)) == 0
 
 
+@backend_independent
 def test_a_relative_run_name_may_have_parts_that_stay_inside(tmp_path):
     assert OptimizerDiagnostics(tmp_path, run_name="a/../b/c").run_dir == os.path.join(tmp_path, "b", "c")
 
@@ -867,6 +878,7 @@ def chart_tags(chart, tags) -> list:
     return [[t] for t in sorted(tags) if re.match(regex, t)]
 
 
+@backend_independent
 def test_a_model_with_many_layers_shows_those_furthest_from_the_median(tmp_path):
     """12 Dense layers: each chart per layer shows the model and 7 layers, all of whose tags
     the run has (Adam has every quantity), the 7 whose median rate is furthest from the
@@ -903,6 +915,7 @@ def test_a_model_with_many_layers_shows_those_furthest_from_the_median(tmp_path)
             assert all(t in tags for line in lines for t in line), chart.title
 
 
+@backend_independent
 def test_layer_selection_by_distance_from_the_median():
     from keras_optlab.callbacks._tags import shown_layers
 

@@ -80,7 +80,7 @@ def test_surfaces_writes_plots_gif_and_runs(tmp_path, capsys):
     out_dir = tmp_path / "s"
     code, out, _ = _run(
         capsys,
-        "surfaces --surface local_minimum,beale --steps 20 --gif --optimizers SGD,Momentum",
+        "surfaces --surface local_minimum,beale --steps 8 --gif --optimizers SGD,Momentum",
         str(out_dir),
     )
     assert code == 0
@@ -94,7 +94,7 @@ def test_surfaces_writes_plots_gif_and_runs(tmp_path, capsys):
     for name in ("local_minimum", "beale"):
         assert (out_dir / f"{name}.png").stat().st_size > 10_000 and (out_dir / f"{name}.gif").exists()
     events = read_run(out_dir / "local_minimum" / "SGD")
-    assert len(events["local_minimum/loss"]) == 21
+    assert len(events["local_minimum/loss"]) == 9
 
 
 def test_surfaces_with_noise_draws_each_seed_and_the_loss_band(tmp_path, capsys):

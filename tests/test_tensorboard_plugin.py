@@ -307,3 +307,42 @@ def test_installed_as_a_tensorboard_plugin():
         "reinstall the project (pip install -e . or pip install .[test]) so that TensorBoard finds the tab"
     )
     assert [point.load() for point in points] == [plugin.OptimizerPlugin]
+
+
+def test_a_run_the_callback_wrote_is_read_as_it_wrote_it(tmp_path):
+    """The two ends of one tag scheme: OptimizerDiagnostics on a real fit (two models built one
+    after the other, so Keras names their layers differently), then the tab over its log
+    directory. Both runs are listed with the callback's stable layer names in model order, and
+    each heatmap row is the layer's tag as the callback wrote it (read back by TensorBoard's own
+    event reader), the update ratio and dying-rate share included."""
+    import keras
+
+    import keras_optlab as ko
+    from keras_optlab.callbacks import OptimizerDiagnostics
+    from tests.tb import read_run
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 6)).astype("float32"), rng.normal(size=(64, 2)).astype("float32")
+    for name, optimizer in (("Adam", ko.Adam(1e-2)), ("SGD", ko.SGD(1e-2))):
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4), keras.layers.Dense(2)])
+        model.compile(optimizer=optimizer, loss="mse")
+        callback = OptimizerDiagnostics(tmp_path / name, every_n_steps=2, histogram_every_n_steps=None)
+        model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[callback])
+    _, client = _client(tmp_path)
+    index = _get(client, "runs")
+    runs = {run["run"]: run for run in index["runs"]}
+    assert sorted(runs) == ["Adam/optimizer", "SGD/optimizer"]
+    for name in ("Adam", "SGD"):
+        run = runs[f"{name}/optimizer"]
+        assert (run["layers"], run["order"]) == (["0_dense", "1_dense"], "layer_order")
+        written = read_run(tmp_path / name / "optimizer")
+        for quantity, template in (("effective_lr", MEDIAN), ("update_ratio", UPDATE), ("dying", DYING)):
+            data = _get(client, "heatmap", run=f"{name}/optimizer", quantity=quantity)
+            assert data["steps"] == [step for step, _ in written[layer_tag(template, "0_dense")]]
+            assert len(data["steps"]) == 8  # 16 steps, a log every 2
+            for layer, row in zip(data["layers"], matrix(data), strict=True):
+                assert row == [f32(float(value)) for _, value in written[layer_tag(template, layer)]], (
+                    name,
+                    quantity,
+                    layer,
+                )

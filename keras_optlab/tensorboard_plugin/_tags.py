@@ -1,9 +1,11 @@
 """Every tag the Optimizer tab reads, in one place: OptimizerDiagnostics' tag scheme.
 
-The scheme is provisional (the callback is being reworked): a change of names is a change here only.
-A template's `{scope}` is `layer/<layer>` for a layer's row (`layer_scope`). A quantity with several
-templates reads, in each run, the first one that run has (a run logged under `steps_per_execution` > 1
-has the update ratio over the execution instead of over one step).
+The templates are the callback's own (`keras_optlab.callbacks._tags`), looked up by the name of the
+statistic, so that a change of names there is a change here. A template's `{scope}` is
+`layer/<layer>` for a layer's row (`layer_scope`). A quantity with several templates reads, in each
+run, the first one that run has (a run logged under `steps_per_execution` > 1 has the update ratio
+over the execution instead of over one step). The optional quantities (epsilon's share, the
+cosines) are shown where a run has them; the callback does not write them yet.
 """
 
 from __future__ import annotations
@@ -11,25 +13,30 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from keras_optlab.callbacks import _stats
+from keras_optlab.callbacks import _tags as written
+
+_TAG = {quantity.key: quantity.tag for quantity in written.QUANTITIES}
+
 # Scalars (TensorBoard's scalars plugin) and the layer order (its text plugin).
 SCALARS_PLUGIN = "scalars"
 TEXT_PLUGIN = "text"
 
 # A 1-D string tensor of the layers' scopes (the <layer> of `layer/<layer>`) in model order,
 # written at the first log.
-LAYER_ORDER = "layer_order"
+LAYER_ORDER = written.LAYER_ORDER
 
 # The count of NaN/inf elements in the weights and the optimizer state, at the model scope.
-NONFINITE = "nonfinite/model"
+NONFINITE = _TAG["nonfinite"].format(scope="model")
 
 # The callback writes log10(0) as this number (the effective rate of an element that never moves).
-LOG10_OF_ZERO = -37.93
+LOG10_OF_ZERO = round(_stats.LOG10_FLOOR, 2)
 
 # The quantiles of the effective learning rate (log10) shown when a cell is clicked.
 QUANTILES = (
-    ("q05", "effective_lr_log10/{scope}/q05"),
-    ("median", "effective_lr_log10/{scope}/median"),
-    ("q95", "effective_lr_log10/{scope}/q95"),
+    ("q05", _TAG["rate_q05_log10"]),
+    ("median", _TAG["rate_median_log10"]),
+    ("q95", _TAG["rate_q95_log10"]),
 )
 
 
@@ -63,7 +70,7 @@ QUANTITIES = (
     Quantity(
         "effective_lr",
         "log10 median effective learning rate",
-        ("effective_lr_log10/{scope}/median",),
+        (_TAG["rate_median_log10"],),
         "sequential",
         log10=True,
         description="the median over the layer's elements of the rate the optimizer applied",
@@ -71,7 +78,7 @@ QUANTITIES = (
     Quantity(
         "update_ratio",
         "log10 update ratio",
-        ("update_ratio_log10/{scope}", "update_ratio_over_execution_log10/{scope}"),
+        (_TAG["update_ratio_log10"], written.OVER_EXECUTION[_TAG["update_ratio_log10"]]),
         "diverging",
         centre=-3.0,
         min_half_width=1.0,
@@ -81,7 +88,7 @@ QUANTITIES = (
     Quantity(
         "dying",
         "share of dying rates",
-        ("effective_lr/{scope}/fraction_below_threshold",),
+        (_TAG["fraction_below_threshold"],),
         "sequential",
         domain=(0.0, 1.0),
         description="the share of elements whose rate is below threshold_ratio x the learning rate",
