@@ -31,17 +31,12 @@ def _pytest_under(backend, files):
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_optimizer_tests_pass_under(backend):
-    result = _pytest_under(backend, NEUTRAL)
-    assert result.returncode == 0, result.stdout[-4000:]
-    assert " passed" in result.stdout.splitlines()[-1]
-
-
-@pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_diagnostics_tests_pass_under(backend):
-    """OptimizerDiagnostics on JAX and PyTorch: the same tests, the same expected numbers
-    (TensorFlow's own machinery, MirroredStrategy and cluster resolvers, is skipped)."""
-    result = _pytest_under(backend, DIAGNOSTICS)
+def test_backend_neutral_tests_pass_under(backend):
+    """The optimizer tests and OptimizerDiagnostics' on JAX and PyTorch, in one process a
+    backend (each start imports TensorFlow, Keras and the backend: about 13 s): the same
+    tests, the same expected numbers (TensorFlow's own machinery, MirroredStrategy and
+    cluster resolvers, is skipped)."""
+    result = _pytest_under(backend, NEUTRAL + DIAGNOSTICS)
     assert result.returncode == 0, result.stdout[-4000:]
     last = result.stdout.splitlines()[-1]
     assert " passed" in last and " failed" not in last

@@ -251,7 +251,8 @@ def surface(surface, trajectories: dict, path, note: str | None = None, styles: 
 def surface_animation(
     surface, trajectories: dict, path, frames: int = 60, styles: dict | None = None
 ) -> None:
-    """The same paths, drawn step by step, as an animated GIF (with seeds: the first seed's)."""
+    """The same paths, drawn step by step, as an animated GIF (with seeds: the first seed's):
+    `frames` frames at most, one a step for shorter paths."""
     from matplotlib.animation import FuncAnimation, PillowWriter
 
     trajectories = {label: p[0] if np.ndim(p) == 3 else p for label, p in trajectories.items()}
@@ -263,9 +264,10 @@ def surface_animation(
     }
     ax.legend(loc="best", fontsize=8)
     steps = max(len(p) for p in trajectories.values())
+    frames = max(1, min(frames, steps - 1))  # there are steps - 1 pictures: 2 points, 3, ..., all
 
     def draw(frame):
-        upto = max(2, int(steps * (frame + 1) / frames))
+        upto = steps if frames == 1 else 2 + (steps - 2) * frame // (frames - 1)
         for label, points in trajectories.items():
             lines[label].set_data(points[:upto, 0], points[:upto, 1])
         return list(lines.values())
