@@ -634,6 +634,42 @@ def test_run_directory_that_is_a_file_fails_before_any_step(tmp_path):
 @backend_independent
 def test_a_relative_run_name_may_have_parts_that_stay_inside(tmp_path):
     assert OptimizerDiagnostics(tmp_path, run_name="a/../b/c").run_dir == os.path.join(tmp_path, "b", "c")
+    # normalised: a second optimizer's run is runs/adam-2 beside runs/adam, not inside it
+    assert OptimizerDiagnostics(tmp_path, run_name="runs/adam/").run_name == os.path.join("runs", "adam")
+
+
+def test_a_keras_optimizer_whose_settings_have_no_twin_is_named_and_the_rest_logged(tmp_path):
+    """Keras takes Adam(epsilon=0); keras_optlab's Adam, its twin, refuses it. The fit goes on, the
+    callback says what it cannot read, and the update ratios are logged."""
+    model = _model(keras.optimizers.Adam(epsilon=0.0))
+    callback = OptimizerDiagnostics(tmp_path, every_n_steps=2, histogram_every_n_steps=None)
+    with pytest.warns(UserWarning, match=r"cannot read the state of this Adam: .*epsilon"):
+        _fit(model, [callback], epochs=1)
+    tags = plugin_tags(callback.run_dir, "scalars")
+    assert "update_ratio_log10/model" in tags and not any(t.startswith("effective_lr") for t in tags)
+
+
+@backend_independent
+def test_a_custom_layer_with_a_list_named_layers_is_named_by_what_it_tracks(tmp_path):
+    """A layer (not a Model) whose own attribute `layers` holds numbers: its sublayers are the
+    layers it tracks, and the callback names them, instead of failing at the start of fit."""
+
+    class Block(keras.layers.Layer):
+        def __init__(self):
+            super().__init__()
+            self.layers = [4, 3]  # the user's own list, not sublayers
+            self.inner = keras.layers.Dense(3)
+
+        def call(self, x):
+            return self.inner(x)
+
+    model = keras.Sequential([keras.Input((5,)), Block()])
+    model.compile(optimizer=ko.SGD(0.01), loss="mse")
+    callback = OptimizerDiagnostics(tmp_path, every_n_steps=2, histogram_every_n_steps=None)
+    x = np.random.default_rng(0).normal(size=(32, 5)).astype("float32")
+    model.fit(x, x[:, :3], batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+    order = [s.decode() for s in read_run(callback.run_dir)["layer_order"][0][1].ravel()]
+    assert order == ["0_block/0_dense"]  # Keras named the Dense: its position and class
 
 
 class _RemoveLogDir(keras.callbacks.Callback):
@@ -923,6 +959,9 @@ def test_layer_selection_by_distance_from_the_median():
     values = [0.0, 5.0, -3.0, 0.1, 0.2, None, 4.0, -0.5, 1.0, -2.0]
     assert shown_layers(layers, values, 0.0) == ["l1", "l2", "l4", "l6", "l7", "l8", "l9"]
     assert shown_layers(layers[:7], values[:7], 0.0) == layers[:7]
+    # -inf (a layer no element of which was touched) is no value, not the furthest one
+    values[3] = -float("inf")
+    assert shown_layers(layers, values, 0.0) == ["l1", "l2", "l4", "l6", "l7", "l8", "l9"]
 
 
 # ------------------------------------------------------------- TensorFlow only

@@ -139,5 +139,9 @@ class EventFile:
             self._written = size
 
     def close(self) -> None:
-        self._pending = []
-        self._writer.close()
+        """Writes what is pending (a fit that ended on an exception never flushed it), then closes."""
+        try:
+            self.flush()
+        finally:
+            self._pending = []
+            self._writer.close()

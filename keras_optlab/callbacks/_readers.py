@@ -112,7 +112,18 @@ def reader_for(optimizer) -> Reader:
     builtin = _builtin(type(optimizer))
     if builtin is not None:
         twin, slots = BUILTINS[builtin]
-        return Reader(optimizer, twin(optimizer), slots)
+        try:
+            return Reader(optimizer, twin(optimizer), slots)
+        except (TypeError, ValueError) as error:  # settings Keras takes and the twin does not
+            return Reader(
+                optimizer,
+                None,
+                note=(
+                    f"OptimizerDiagnostics cannot read the state of this {builtin.__name__}: its settings "
+                    f"have no keras_optlab twin ({error}). Its effective learning rates, momentum and cache "
+                    "are not logged; update-to-weight ratios and non-finite checks of the weights are."
+                ),
+            )
     # the class the user chose, not the one a Keras backend put in its place
     kind = next(c for c in type(optimizer).__mro__ if not c.__module__.startswith("keras.src.backend."))
     return Reader(

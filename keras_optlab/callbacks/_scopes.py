@@ -48,11 +48,15 @@ def auto_named(layer) -> bool:
 
 
 def _children(layer) -> list:
-    """The layer's own layers in Keras' order, without input layers."""
-    children = getattr(layer, "layers", None)
-    if not isinstance(children, (list, tuple)):
+    """The layer's own layers in Keras' order, without input layers. A model's are its
+    `layers`; another layer's are the layers it tracks (an attribute of its own named
+    `layers` may hold anything)."""
+    if isinstance(layer, keras.Model):
+        children = layer.layers
+    else:
         children = layer._flatten_layers(include_self=False, recursive=False)
-    return [c for c in children if not isinstance(c, keras.layers.InputLayer)]
+    layers = [c for c in children if isinstance(c, keras.layers.Layer)]
+    return [c for c in layers if not isinstance(c, keras.layers.InputLayer)]
 
 
 @dataclasses.dataclass

@@ -17,6 +17,7 @@ of its own for each.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 #: At most this many lines (the model and the layers) in a chart of a quantity per layer.
@@ -25,7 +26,7 @@ LINES_PER_CHART = 8
 
 @dataclasses.dataclass(frozen=True)
 class Quantity:
-    key: str  # the name of the statistic (`_stats.summarise`)
+    key: str  # the name of the statistic (`_stats.statistics`)
     tag: str  # its tag, `{scope}` standing for the scope
     everywhere: bool  # written at the model and every layer (else at the model alone)
     gate: str | None = None  # written only where: "touched" (some rate), "weight" (||w|| > 0), "previous"
@@ -163,14 +164,16 @@ def layout(layers, shown, chosen_by: str = ""):
 def shown_layers(layers, layer_values, model_value) -> list[str]:
     """All layers where they fit in a chart beside the model; else those whose value
     (the log10 median effective rate, say) is furthest from the model's, in model order.
-    A layer without a value (None) comes last."""
+    A layer without a finite value (None: not logged; -inf: no element touched) comes last."""
     room = LINES_PER_CHART - 1
     if len(layers) <= room:
         return list(layers)
 
     def distance(i):
         value = layer_values[i]
-        return -1.0 if value is None or model_value is None else abs(value - model_value)
+        if value is None or model_value is None or not math.isfinite(value) or not math.isfinite(model_value):
+            return -1.0
+        return abs(value - model_value)
 
     chosen = sorted(range(len(layers)), key=distance, reverse=True)[:room]
     return [layers[i] for i in sorted(chosen)]

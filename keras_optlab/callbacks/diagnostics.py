@@ -344,9 +344,11 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         layers = self._structure.layer_order
         medians = [plan.value(values, f"effective_lr_log10/layer/{layer}/median") for layer in layers]
         model = plan.value(values, "effective_lr_log10/model/median")
-        if model is None:  # an optimizer it cannot read: the update ratio
-            medians = [plan.value(values, f"update_ratio_log10/layer/{layer}") for layer in layers]
-            model = plan.value(values, "update_ratio_log10/model")
+        if model is None:  # an optimizer it cannot read: the update ratio (over the execution, if so)
+            ratio = "update_ratio_log10/{scope}"
+            ratio = ratio if self._one_step_window else _tags.OVER_EXECUTION[ratio]
+            medians = [plan.value(values, ratio.format(scope=f"layer/{layer}")) for layer in layers]
+            model = plan.value(values, ratio.format(scope="model"))
         shown = _tags.shown_layers(layers, medians, model)
         where = os.path.relpath(self.run_dir, os.path.dirname(os.path.dirname(self.run_dir)))
         layout = _tags.layout(layers, shown, chosen_by=f"chosen by run {where}")
@@ -882,7 +884,7 @@ def _check_run_name(run_name) -> str:
             "`run_name` must be a relative path that stays inside `log_dir`, a directory below it such "
             f'as "optimizer" or "runs/adam". Received: run_name={run_name!r}'
         )
-    return run_name
+    return normal  # "runs/adam/" is "runs/adam": its second run is "runs/adam-2"
 
 
 def _is_index(value) -> bool:
