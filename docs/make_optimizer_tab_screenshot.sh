@@ -13,7 +13,7 @@ keras-optlab compare --logdir "$out/runs"
 python - "$out/runs" "$quantity" <<'EOF'
 import sys
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from tests.browser import Chromium
 from tests.tensorboard_process import TensorBoard
@@ -34,6 +34,9 @@ with TensorBoard(logdir, "--load_fast", "true") as server:
         )
         page.screenshot(f"{logdir}/shot.png")
 image = Image.open(f"{logdir}/shot.png").convert("RGB")
+# Cut the empty page below the last heatmap (its bounding box on white, plus a margin).
+bottom = ImageOps.invert(image).getbbox()[3]
+image = image.crop((0, 0, image.width, min(image.height, bottom + 24)))
 image = image.resize((1200, image.height * 1200 // image.width), Image.LANCZOS)
 image.quantize(colors=128).save("docs/optimizer-tab.png", optimize=True)
 print("wrote docs/optimizer-tab.png")
