@@ -104,16 +104,21 @@ export function formatTick(quantity, v) {
   return Math.pow(10, v).toExponential(1);
 }
 
-/**
- * Draws a decoded heatmap on `canvas` at width x height CSS pixels: each pixel takes the colour of the
- * cell under it, so that 1,000 columns on 400 pixels show every 2.5th column.
- */
-export function drawHeatmap(canvas, data, scale, width, height) {
+/** Sizes `canvas` to width x height CSS pixels, at the screen's pixel density. */
+function sizeCanvas(canvas, width, height) {
   const ratio = window.devicePixelRatio || 1;
   canvas.width = Math.round(width * ratio);
   canvas.height = Math.round(height * ratio);
   canvas.style.width = `${width}px`;
   canvas.style.height = `${height}px`;
+}
+
+/**
+ * Draws a decoded heatmap on `canvas` at width x height CSS pixels: each pixel takes the colour of the
+ * cell under it, so that 1,000 columns on 400 pixels show every 2.5th column.
+ */
+export function drawHeatmap(canvas, data, scale, width, height) {
+  sizeCanvas(canvas, width, height);
   const context = canvas.getContext('2d');
   const image = context.createImageData(canvas.width, canvas.height);
   const pixels = new Uint32Array(image.data.buffer);
@@ -138,11 +143,7 @@ export function drawHeatmap(canvas, data, scale, width, height) {
 
 /** Draws the colour bar of `scale` on a canvas of width x height CSS pixels. */
 export function drawColourBar(canvas, scale, width, height) {
-  const ratio = window.devicePixelRatio || 1;
-  canvas.width = Math.round(width * ratio);
-  canvas.height = Math.round(height * ratio);
-  canvas.style.width = `${width}px`;
-  canvas.style.height = `${height}px`;
+  sizeCanvas(canvas, width, height);
   const context = canvas.getContext('2d');
   for (let x = 0; x < canvas.width; x++) {
     const [r, g, b] = scale.table[Math.round((x / (canvas.width - 1)) * (LUT_SIZE - 1))];
