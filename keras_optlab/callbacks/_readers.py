@@ -115,24 +115,22 @@ def reader_for(optimizer) -> Reader:
         try:
             return Reader(optimizer, twin(optimizer), slots)
         except (TypeError, ValueError) as error:  # settings Keras takes and the twin does not
-            return Reader(
-                optimizer,
-                None,
-                note=(
-                    f"OptimizerDiagnostics cannot read the state of this {builtin.__name__}: its settings "
-                    f"have no keras_optlab twin ({error}). Its effective learning rates, momentum and cache "
-                    "are not logged; update-to-weight ratios and non-finite checks of the weights are."
-                ),
+            return _unread(
+                optimizer, f"this {builtin.__name__}: its settings have no keras_optlab twin ({error})"
             )
     # the class the user chose, not the one a Keras backend put in its place
     kind = next(c for c in type(optimizer).__mro__ if not c.__module__.startswith("keras.src.backend."))
-    return Reader(
+    return _unread(
         optimizer,
-        None,
-        note=(
-            f"OptimizerDiagnostics cannot read the state of {kind.__module__}.{kind.__name__}: its effective "
-            "learning rates, momentum and cache are not logged. Update-to-weight ratios and non-finite "
-            "checks of the weights are. Readable: every keras_optlab optimizer and Keras' SGD, Adagrad, "
-            "RMSprop and Adam (also inside a LossScaleOptimizer)."
-        ),
+        f"{kind.__module__}.{kind.__name__}. Readable: every keras_optlab optimizer and Keras' SGD, Adagrad, "
+        "RMSprop and Adam (also inside a LossScaleOptimizer)",
     )
+
+
+def _unread(optimizer, which: str) -> Reader:
+    """A reader of nothing but the weights, with the note that says so at the start of training."""
+    note = (
+        f"OptimizerDiagnostics cannot read the state of {which}. Its effective learning rates, momentum "
+        "and cache are not logged; update-to-weight ratios and non-finite checks of the weights are."
+    )
+    return Reader(optimizer, None, note=note)

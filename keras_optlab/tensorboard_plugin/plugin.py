@@ -40,6 +40,8 @@ from keras_optlab.tensorboard_plugin import _reading, _tags
 
 PLUGIN_NAME = "keras_optlab"
 TAB_NAME = "Optimizer"
+# The steps and values of a tag a run did not log.
+_NOT_LOGGED = (np.zeros(0, np.int64), np.zeros(0))
 _STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 _MIME = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".svg": "image/svg+xml"}
 # TensorBoard keeps 1,000 samples a scalar tag unless --samples_per_plugin says otherwise; 0 keeps all.
@@ -247,10 +249,9 @@ class OptimizerPlugin(base_plugin.TBPlugin):
     def heatmap(self, ctx, experiment, run, info, key, template):
         layers = info["layers"]
         tags = [template.format(scope=_tags.layer_scope(layer)) for layer in layers]
-        empty = (np.zeros(0, np.int64), np.zeros(0))
         data = self._read(ctx, experiment, run, [*tags, _tags.NONFINITE])
-        columns, values, missing, aligned = _reading.matrix([data.get(tag, empty) for tag in tags])
-        steps, counts = data.get(_tags.NONFINITE, empty)
+        columns, values, missing, aligned = _reading.matrix([data.get(tag, _NOT_LOGGED) for tag in tags])
+        steps, counts = data.get(_tags.NONFINITE, _NOT_LOGGED)
         flagged = counts != 0
         return {
             "run": run,
@@ -278,9 +279,8 @@ class OptimizerPlugin(base_plugin.TBPlugin):
         if layer not in info["layers"]:
             raise errors.NotFoundError(f"run {run!r} has no layer {layer!r}")
         tags = {name: template.format(scope=_tags.layer_scope(layer)) for name, template in _tags.QUANTILES}
-        empty = (np.zeros(0, np.int64), np.zeros(0))
         data = self._read(ctx, experiment, run, list(tags.values()))
-        columns, values, missing, _ = _reading.matrix([data.get(tag, empty) for tag in tags.values()])
+        columns, values, missing, _ = _reading.matrix([data.get(tag, _NOT_LOGGED) for tag in tags.values()])
         body = {"run": run, "layer": layer, "steps": columns}
         for name, row, gaps in zip(tags, values.tolist(), missing.tolist(), strict=True):
             body[name] = [None if gap else _number(value) for value, gap in zip(row, gaps, strict=True)]
