@@ -19,11 +19,16 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import keras_optlab as ko
 from keras_optlab.callbacks import OptimizerDiagnostics
+from keras_optlab.callbacks._insight import drift_frameworks
+from keras_optlab.callbacks._readers import reader_for
+from keras_optlab.callbacks._tags import rule_term_tag
 from keras_optlab.optimizers import CACHE, MOMENTUM
 from tests.cases import RULES
 from tests.tb import last, plugin_tags, read_run
 
 BACKEND = keras.backend.backend()
+#: keras_optlab optimizers record their gradient norms (the clipping advisor) on TensorFlow.
+RECORDS = BACKEND == "tensorflow"
 VARIABLES = ["hidden/kernel", "hidden/bias", "out/kernel", "out/bias"]
 LAYERS = ["hidden", "out"]
 BATCH, STEPS_PER_EPOCH = 16, 4
@@ -98,11 +103,15 @@ def _expected_tags(
     per_variable=False,
     layers=LAYERS,
     variables=VARIABLES,
+    rule=None,
+    record=False,
 ):
     """The documented tag scheme, written out independently of the callback: model and
     layers by default (and variables with `per_variable`, where every quantity is written
     at every scope); with `execution` (steps_per_execution > 1) the update ratio spans
-    the execution."""
+    the execution. With `rule` (the optimizer's, or a Keras built-in's twin), what a step
+    says beyond the rates (`insight=True`), where the step's gradient is read; with
+    `record` (a keras_optlab optimizer on TensorFlow), the clipping advisor's tags."""
     layer_scopes = [f"layer/{layer}" for layer in layers]
     var_scopes = [f"var/{v}" for v in variables] if per_variable else []
     everywhere = ["model", *layer_scopes, *var_scopes]
@@ -132,6 +141,22 @@ def _expected_tags(
         tags |= {f"trace/{name}/momentum"} if momentum else set()
         tags |= {f"trace/{name}/cache_log10"} if cache else set()
     tags |= {"execution_steps"} if execution else set()
+    if rule is not None and gradient:
+        for s in everywhere:
+            tags.add(f"direction/{s}/cos_update_gradient")
+            tags |= {f"direction/{s}/cos_momentum_gradient"} if momentum else set()
+            tags |= {f"epsilon/{s}/share_set_by_epsilon"} if cache else set()
+            tags |= {f"convention_drift_log10/{s}/{fw}" for fw in drift_frameworks(rule)}
+        zero = {slot.name: np.zeros(1, "float32") for slot in rule.slots()}
+        terms = rule.terms(zero, np.float32(0.1), np.float32(3.0))
+        tags |= {rule_term_tag(name) for name, value in terms.items() if np.ndim(value) == 0}
+    if record:
+        tags |= {
+            f"clipping/model/{name}"
+            for name in ("global_norm_log10", "clipped_share", "suggested_global_clipnorm")
+        }
+        tags |= {f"clipping/model/global_norm_{q}_log10" for q in ("p50", "p90", "p99")}
+        tags |= {f"clipping/var/{v}/norm_log10" for v in variables} if per_variable else set()
     return tags | {"custom_scalars__config__", "_hparams_/session_start_info", "layer_order"}
 
 
@@ -176,7 +201,13 @@ def test_adagrad_every_scope_and_value_against_numpy(tmp_path):
     _fit(model, [recorder, diagnostics])
     events = read_run(tmp_path / "optimizer")
     assert set(events) == _expected_tags(
-        momentum=False, cache=True, histograms=True, per_variable=True, traces=["hidden/kernel[1,2]"]
+        momentum=False,
+        cache=True,
+        histograms=True,
+        per_variable=True,
+        traces=["hidden/kernel[1,2]"],
+        rule=model.optimizer,
+        record=RECORDS,
     )
     assert _steps(events, "update_ratio_log10/model") == [2, 4, 6, 8]
     assert _steps(events, "effective_lr_log10/layer/hidden/values") == [4, 8]
@@ -227,7 +258,8 @@ def test_every_rule_is_read_through_its_protocol(cls, tmp_path):
     _fit(model, [recorder, OptimizerDiagnostics(tmp_path, every_n_steps=2, histogram_every_n_steps=None)], 1)
     roles = {slot.role for slot in model.optimizer.slots()}
     events = read_run(tmp_path / "optimizer")
-    assert set(events) == _expected_tags(momentum=MOMENTUM in roles, cache=CACHE in roles)
+    want = _expected_tags(MOMENTUM in roles, CACHE in roles, rule=model.optimizer, record=RECORDS)
+    assert set(events) == want
     optimizer = model.optimizer
     rates, initial = [], []
     for variable in model.trainable_variables:
@@ -249,7 +281,8 @@ def test_flat_slots_are_read_per_variable(tmp_path):
         callback = OptimizerDiagnostics(tmp_path / str(flat), every_n_steps=2, histogram_every_n_steps=4)
         _fit(model, [callback])
         runs[flat] = read_run(tmp_path / str(flat) / "optimizer")
-    assert set(runs[True]) == set(runs[False]) == _expected_tags(momentum=True, cache=True, histograms=True)
+    want = _expected_tags(True, True, histograms=True, rule=ko.Adam(), record=RECORDS)
+    assert set(runs[True]) == set(runs[False]) == want
     for tag, events in runs[False].items():
         if not tag.startswith(("_hparams_", "custom_scalars", "layer_order")):
             for (step, a), (step_flat, b) in zip(events, runs[True][tag], strict=True):
@@ -292,7 +325,8 @@ def test_keras_builtin_optimizers(name, make, momentum, cache, tmp_path):
     model = _model(make())
     _fit(model, [OptimizerDiagnostics(tmp_path, every_n_steps=2, traces=[("out/kernel", (3, 1))])], 1)
     events = read_run(tmp_path / "optimizer")
-    assert set(events) == _expected_tags(momentum, cache, traces=["out/kernel[3,1]"])
+    twin = reader_for(model.optimizer).twin
+    assert set(events) == _expected_tags(momentum, cache, traces=["out/kernel[3,1]"], rule=twin)
     want = _keras_rate(model.optimizer, model.trainable_variables[2])[3, 1]
     assert last(events, "trace/out/kernel[3,1]/effective_lr_log10") == pytest.approx(np.log10(want), abs=1e-5)
 
@@ -305,7 +339,7 @@ def test_under_a_loss_scale_optimizer_in_mixed_precision(tmp_path):
     finally:
         keras.mixed_precision.set_global_policy("float32")
     events = read_run(tmp_path / "optimizer")
-    assert set(events) == _expected_tags(momentum=True, cache=True)
+    assert set(events) == _expected_tags(momentum=True, cache=True, rule=ko.Adam(), record=RECORDS)
     assert np.isfinite(last(events, "effective_lr_log10/model/median"))
 
 
@@ -382,7 +416,8 @@ def test_nested_models_and_user_names(tmp_path):
 @backend_independent
 def test_the_lab_model_writes_at_most_40_scalar_tags_by_default(tmp_path):
     """The lab's MLP (3 Dense layers) with Adam, which has every quantity: 39 scalar tags at
-    the default detail, the model and its layers."""
+    the default detail, the model and its layers, and those of what a step says beyond the
+    rates (counted apart)."""
     from keras_optlab.lab import data, training
 
     dataset = data.load("digits")
@@ -392,9 +427,15 @@ def test_the_lab_model_writes_at_most_40_scalar_tags_by_default(tmp_path):
     x, y = dataset.x_train[:320], dataset.y_train[:320]
     model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[callback])
     scalars = plugin_tags(callback.run_dir, "scalars")
-    want = _expected_tags(True, True, layers=["0_dense", "1_dense", "2_dense"])
-    assert scalars == want - {"custom_scalars__config__", "_hparams_/session_start_info", "layer_order"}
-    assert len(scalars) == 39 <= 40
+    layers = ["0_dense", "1_dense", "2_dense"]
+    others = {"custom_scalars__config__", "_hparams_/session_start_info", "layer_order"}
+    readable = _expected_tags(True, True, layers=layers) - others
+    beyond = _expected_tags(True, True, layers=layers, rule=ko.Adam(), record=RECORDS) - others - readable
+    assert scalars == readable | beyond
+    assert len(readable) == 39 <= 40
+    # counted apart: direction, epsilon's share and the drift from Keras' convention at the four
+    # scopes (16), Adam's two bias corrections, the clipping advisor's six
+    assert len(beyond) == (24 if RECORDS else 18)
 
 
 # --------------------------------------------------------------- when it logs
@@ -499,7 +540,8 @@ def test_steps_per_execution_logs_windows_named_as_such(tmp_path):
     model, recorder = _model(ko.Momentum(schedule), steps_per_execution=3), _StepRecorder()
     _fit(model, [recorder, OptimizerDiagnostics(tmp_path, every_n_steps=2, histogram_every_n_steps=None)])
     events = read_run(tmp_path / "optimizer")
-    assert set(events) == _expected_tags(momentum=True, cache=False, gradient=False, execution=True)
+    want = _expected_tags(True, False, gradient=False, execution=True, rule=ko.Momentum(), record=RECORDS)
+    assert set(events) == want
     logged = [(step, float(n)) for step, n in events["execution_steps"]]
     assert logged == ([] if BACKEND == "tensorflow" else [(3, 3)]) + [(4, 1), (7, 3), (8, 1)]
     # step t uses the schedule at t - 1: 0.01 up to 5, then 0.02
@@ -958,8 +1000,20 @@ def test_a_model_with_many_layers_shows_those_furthest_from_the_median(tmp_path)
             # the model alone, or the model and the 7 layers chosen: each scope drawn, no other
             scopes, lines = chart_scopes(chart), chart_tags(chart, tags)
             assert len(scopes) in (1, 8), (chart.title, scopes)
+            if _optional(category, chart, lines):
+                continue
             assert len(lines) == len(scopes), chart.title
             assert all(t in tags for line in lines for t in line), chart.title
+
+
+def _optional(category, chart, lines) -> bool:
+    """A chart of the last section (what a step says beyond the rates) that a run may lack
+    (a quantity its rule has not), or a chart of several quantities of the whole model
+    (at most 8 lines): checked apart from the charts whose lines are scopes."""
+    if not category.title.startswith("Optimizer: direction"):
+        return False
+    assert "whole model" not in chart.title or 0 <= len(lines) <= 8, chart.title
+    return not lines or "whole model" in chart.title
 
 
 @backend_independent
@@ -1063,13 +1117,15 @@ def test_a_compare_lines_up_its_runs_in_tags_dashboard_and_hparams(tmp_path, cap
     roles = {cls.__name__: {slot.role for slot in cls().slots()} for cls in ko.ALL}
 
     scope = re.compile(r"^[a-z0-9_]+/(model|layer/([^/]+))(/|$)")
+    beyond = re.compile(r"^(direction|epsilon|convention_drift_log10|rule|clipping|noise_scale)/")
+    readable = {name: {t for t in run_tags if not beyond.match(t)} for name, run_tags in tags.items()}
     for name, run_tags in tags.items():
-        assert len(run_tags) <= 40, name
+        assert len(readable[name]) <= 40, name  # what a step says beyond the rates is counted apart
         assert {scope.match(tag).group(2) for tag in run_tags} == {None, "0_dense", "1_dense", "2_dense"}, (
             name
         )
-    assert tags["Momentum"] == tags["NAG"] and tags["Adagrad"] == tags["RMSProp"]
-    assert all(tags["SGD"] <= run_tags <= tags["Adam"] for run_tags in tags.values())
+    assert readable["Momentum"] == readable["NAG"] and readable["Adagrad"] == readable["RMSProp"]
+    assert all(readable["SGD"] <= run_tags <= readable["Adam"] for run_tags in readable.values())
 
     layouts = {name: read_run(run)["custom_scalars__config__"][0][1].item() for name, run in runs.items()}
     assert len(set(layouts.values())) == 1  # one layout: TensorBoard shows each chart once
@@ -1088,6 +1144,8 @@ def test_a_compare_lines_up_its_runs_in_tags_dashboard_and_hparams(tmp_path, cap
             assert len(scopes) in (1, 4), (chart.title, scopes)
             for name in meant_for:
                 lines = chart_tags(chart, tags[name])
+                if _optional(category, chart, lines):
+                    continue
                 assert len(lines) == len(scopes), (chart.title, name)  # every scope drawn, no other
                 assert all(t in tags[name] for line in lines for t in line), (chart.title, name)
 

@@ -80,12 +80,16 @@ class Reader:
     def cache_slot(self):
         return None if self.twin is None else self.twin.slot_named(CACHE)
 
+    def rule_change(self, weight_change):
+        """The weights' change where it is the rule's alone, else None: decoupled weight
+        decay moves the weights too."""
+        decoupled = self.optimizer.weight_decay and not getattr(self.twin, "coupled_weight_decay", False)
+        return None if decoupled else weight_change
+
     def gradient_squared(self, before: dict, after: dict, weight_change, lr, t):
         """g^2 of the step from `before` to `after`, taken at `lr` (the rule's own
-        `gradient_squared`); the weights' change is the rule's alone only without
-        decoupled weight decay, which moves the weights too."""
-        decoupled = self.optimizer.weight_decay and not getattr(self.twin, "coupled_weight_decay", False)
-        return self.twin.gradient_squared(before, after, None if decoupled else weight_change, lr, t)
+        `gradient_squared`)."""
+        return self.twin.gradient_squared(before, after, self.rule_change(weight_change), lr, t)
 
 
 def unwrap(optimizer):

@@ -139,7 +139,7 @@ def _bins(log_rate):
     return ops.clip(ops.cast(ops.floor((log - LOG10_LOW) / WIDTH), "int32"), 0, BINS - 1)
 
 
-def statistics(layout: Layout, arrays: dict, threshold) -> dict:
+def statistics(layout: Layout, arrays: dict, threshold, extra=None) -> dict:
     """Each scope's statistics, a vector over the scopes (`layout`'s rows).
 
     `arrays` maps a name to {dtype: its flat vector} (or to None where the rule has no
@@ -149,8 +149,12 @@ def statistics(layout: Layout, arrays: dict, threshold) -> dict:
     covers those), "momentum", "cache", "growth" (of the cache per step since the
     previous log), "gradient_squared" (g^2 of the step before the log), "nonfinite" (1
     where a weight or slot element is NaN or infinite). Rates below `threshold` count
-    as below it.
+    as below it. `extra` maps more names to {dtype: flat per-element terms} (`_insight`):
+    their sums over each scope come back under "sums", with the sums of "touched",
+    "gradient_sumsq" and "momentum_sumsq" that their figures need; "underflow" (1 where
+    the cache underflowed) comes back counted per variable, as "nonfinite" does.
     """
+    extra = extra or {}
     inf = ops.convert_to_tensor(math.inf, "float32")
     has_rate = arrays.get("rate") is not None
     groups = list(layout.groups)
@@ -163,6 +167,10 @@ def statistics(layout: Layout, arrays: dict, threshold) -> dict:
         for name, key in (("cache", "cache_sum"), ("growth", "growth_sum"), ("nonfinite", "nonfinite")):
             if arrays.get(name) is not None:
                 terms[key] = f32(arrays[name][dtype])
+        for name, values in extra.items():
+            terms[name] = f32(values[dtype])
+        if arrays.get("underflow") is not None:
+            terms["underflow"] = f32(arrays["underflow"][dtype])
         if arrays.get("gradient_squared") is not None:
             terms["gradient_sumsq"] = ops.maximum(f32(arrays["gradient_squared"][dtype]), 0.0)
         if has_rate:
@@ -186,6 +194,12 @@ def statistics(layout: Layout, arrays: dict, threshold) -> dict:
         out["nonfinite"] = total["nonfinite"]
         column = block_sums[:, list(terms).index("nonfinite")]
         out["nonfinite_per_variable"] = ops.matmul(ops.convert_to_tensor(layout.variable_blocks), column)
+    if "underflow" in total:
+        column = block_sums[:, list(terms).index("underflow")]
+        out["underflow_per_variable"] = ops.matmul(ops.convert_to_tensor(layout.variable_blocks), column)
+    if extra:
+        needed = ("touched", "gradient_sumsq", "momentum_sumsq")
+        out["sums"] = {name: total[name] for name in [*extra, *needed] if name in total}
     if has_rate:
         maxima = maxima[0] if len(groups) == 1 else ops.concatenate(maxima, axis=0)
         member = a[:, :, None] > 0  # [scopes, blocks, 1]

@@ -20,6 +20,8 @@ import dataclasses
 import math
 import re
 
+from keras_optlab.optimizers._base import FRAMEWORKS
+
 #: At most this many lines (the model and the layers) in a chart of a quantity per layer.
 LINES_PER_CHART = 8
 
@@ -47,6 +49,37 @@ QUANTITIES = (
     Quantity("cache_growth", "cache/{scope}/mean_growth_per_step_since_last_log", False, "previous"),
     Quantity("nonfinite", "nonfinite/{scope}", False),
 )
+#: What a step says beyond the rates (`_insight`; `insight=True`): a group of its own,
+#: counted apart from `QUANTITIES`, in a section of the dashboard of its own. Written where
+#: a step's gradient is read (one step a window) and the rule has the quantity.
+INSIGHT = (
+    Quantity("cos_update_gradient", "direction/{scope}/cos_update_gradient", True),
+    Quantity("cos_momentum_gradient", "direction/{scope}/cos_momentum_gradient", True),
+    Quantity("epsilon_share", "epsilon/{scope}/share_set_by_epsilon", True, "touched"),
+    *(Quantity(f"drift_{fw}_log10", f"convention_drift_log10/{{scope}}/{fw}", True) for fw in FRAMEWORKS),
+)
+#: The rule's scalar terms of the step (`Rule.terms`: Adam's bias corrections), by name
+#: ("/" written as "÷", which does not split a tag).
+RULE_TERM = "rule/model/{name}"
+#: The clipping advisor and the noise scale, from the gradient norms a keras_optlab
+#: optimizer records (`_record.py`; TensorFlow): the model's, and each variable's norm
+#: with `per_variable`.
+CLIPPING = {
+    "global_norm_log10": "clipping/model/global_norm_log10",
+    "p50": "clipping/model/global_norm_p50_log10",
+    "p90": "clipping/model/global_norm_p90_log10",
+    "p99": "clipping/model/global_norm_p99_log10",
+    "clipped_share": "clipping/model/clipped_share",
+    "suggested": "clipping/model/suggested_global_clipnorm",
+}
+CLIPPING_VARIABLE = "clipping/var/{scope}/norm_log10"
+NOISE_SCALE = "noise_scale/model/b_simple_in_micro_batches"
+
+
+def rule_term_tag(name: str) -> str:
+    return RULE_TERM.format(name=name.replace("/", "\u00f7"))
+
+
 #: Under steps_per_execution > 1 the update ratio spans the execution, and is named so.
 OVER_EXECUTION = {"update_ratio_log10/{scope}": "update_ratio_over_execution_log10/{scope}"}
 #: Histograms (at histogram steps), per layer (and per variable with `per_variable`).
@@ -158,7 +191,56 @@ def layout(layers, shown, chosen_by: str = ""):
             ),
         ],
     )
-    return layout_pb2.Layout(category=[first, second, third])
+    fourth = layout_pb2.Category(
+        title="Optimizer: direction, epsilon, conventions, clipping (optimizers that have them)",
+        chart=[
+            per_scope(
+                "cos(update, gradient): about -1 where the step opposes the gradient",
+                "direction/",
+                "/cos_update_gradient",
+            ),
+            per_scope(
+                "cos(momentum, gradient) (optimizers with momentum)", "direction/", "/cos_momentum_gradient"
+            ),
+            per_scope(
+                "Share of updated elements whose denominator epsilon sets (optimizers with a cache)",
+                "epsilon/",
+                "/share_set_by_epsilon",
+            ),
+            *(
+                per_scope(
+                    f"Drift from the {name} convention, log10 ||delta - delta_{framework}|| / ||delta|| "
+                    "(rules whose conventions differ)",
+                    "convention_drift_log10/",
+                    f"/{framework}",
+                )
+                for framework, name in zip(FRAMEWORKS, ("Keras", "PyTorch", "Optax"), strict=True)
+            ),
+            lines(
+                "Rule terms of the step, whole model: Adam's bias corrections (rules that have them)",
+                "^rule/(model)/.*$",
+            ),
+            lines(
+                "Gradient norm before clipping, log10, whole model: last step and running p50, p90, p99 "
+                "(keras_optlab optimizers on TensorFlow)",
+                "^clipping/(model)/global_norm.*$",
+            ),
+            lines(
+                "Share of update steps clipping changed, whole model (keras_optlab optimizers on TensorFlow)",
+                "^clipping/(model)/clipped_share$",
+            ),
+            lines(
+                "A global_clipnorm at the running p90 of the gradient norm, whole model "
+                "(keras_optlab optimizers on TensorFlow)",
+                "^clipping/(model)/suggested_global_clipnorm$",
+            ),
+            lines(
+                "Gradient noise scale B_simple in micro-batches, whole model (gradient accumulation)",
+                "^noise_scale/(model)/.*$",
+            ),
+        ],
+    )
+    return layout_pb2.Layout(category=[first, second, third, fourth])
 
 
 def shown_layers(layers, layer_values, model_value) -> list[str]:

@@ -15,9 +15,10 @@ import numpy as np
 from keras import ops
 
 from keras_optlab._paths import why_unwritable
-from keras_optlab.callbacks import _events, _scopes, _stats, _tags
+from keras_optlab.callbacks import _events, _insight, _scopes, _stats, _tags
 from keras_optlab.callbacks._compiled import Compiled, backend, to_numpy
 from keras_optlab.callbacks._readers import reader_for, unwrap
+from keras_optlab.optimizers import OptlabOptimizer
 from keras_optlab.optimizers._validation import check_bool, check_float, check_int
 
 #: How often the event file is written and flushed (and checked), besides the first log and the end of a fit.
@@ -134,6 +135,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         per_variable: bool = False,
         stop_on_nonfinite: bool = False,
         hparams: bool = True,
+        insight: bool = True,
     ):
         super().__init__()
         if not isinstance(log_dir, (str, os.PathLike)):
@@ -150,6 +152,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         self.per_variable = check_bool("per_variable", per_variable)
         self.stop_on_nonfinite = check_bool("stop_on_nonfinite", stop_on_nonfinite)
         self.hparams = check_bool("hparams", hparams)
+        self.insight = check_bool("insight", insight)
         self._events = self._events_run = None
         self._jax = False
         self._failed = False
@@ -201,12 +204,17 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         # XLA, on TensorFlow, where every step logs: its compilation (seconds) pays back over
         # thousands of logs, each about twice as fast as in a graph (`bench/callback_overhead.py`).
         xla = carry and backend() == "tensorflow" and not _under_strategy(model)
-        made_for = ([id(v) for v in variables], id(reader.optimizer), spe, carry, xla)
+        made_for = ([id(v) for v in variables], id(reader.optimizer), spe, carry, xla, self.insight)
         if made_for != self._made_for:  # other variables, optimizer or window
             self._compiled, self._buffers, self._plan, self._histogram_tags = {}, None, None, []
             self._made_for = made_for
         self._carry, self._xla, self._jax = carry, xla, backend() == "jax"
         self._structure, self._variables, self._trace_points = structure, variables, trace_points
+        twin = reader.twin if self.insight else None
+        self._frameworks = [] if twin is None else _insight.drift_frameworks(twin)
+        others = {} if twin is None else _insight.other_conventions(twin)
+        self._others = {fw: other for fw, other in others.items() if fw in self._frameworks}
+        self._records = self.insight and _ask_for_gradient_record(model, reader.optimizer)
         self._spe = spe
         self._one_step_window = spe == 1
         self._reads = _variables_read(model, reader.optimizer)
@@ -217,6 +225,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         self._logs_this_fit = self._epochs_this_fit = 0
         self._pending = None  # (iterations before, iterations after) of a batch whose snapshot is taken
         self._reported = set()  # variables already reported for non-finite values
+        self._underflowed = set()  # ... and for an underflowed cache
         if self._buffers is not None:
             self._buffers.set_mark(start)
 
@@ -307,12 +316,16 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         step, logged = int(ints[0]), bool(ints[1])
         self._known, self._batches_since = step, 0
         if logged:
-            self._log(step, step_before, out, ints[2:], histograms if self._histograms_due(step) else None)
+            n = len(self._variables)
+            per_variable = {"nonfinite": ints[2 : 2 + n], "underflow": ints[2 + n :]}
+            self._log(
+                step, step_before, out, per_variable, histograms if self._histograms_due(step) else None
+            )
             self._mark = step
         return self._carry
 
     # --------------------------------------------------------------- writing
-    def _log(self, step, step_before, out, nonfinite, histograms):
+    def _log(self, step, step_before, out, per_variable, histograms):
         plan = self._plan
         values = to_numpy(out["scalars"])
         has_previous = self._logs_this_fit > 0
@@ -331,11 +344,29 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             self._histogram_mark = step
         if not self._one_step_window:
             summary += plan.encoder.encode(["execution_steps"], [step - step_before])
+        if "record" in out:
+            summary += self._clipping_summary(to_numpy(out["record"]))
         self._events.add(_events.summary_event(summary, step))
         self._logs_this_fit += 1
         if first or time.monotonic() - self._events.flushed_at > FLUSH_SECONDS:
             self._events.flush()
-        self._report_nonfinite(step, nonfinite)
+        self._report_nonfinite(step, per_variable["nonfinite"])
+        self._report_underflow(step, per_variable["underflow"])
+
+    def _clipping_summary(self, record) -> bytes:
+        """The clipping advisor's scalars (and the noise scale's) from the gradient record."""
+        figures = _insight.clipping_figures(record, len(self._variables))
+        tags = [tag for key, tag in _tags.CLIPPING.items() if key in figures]
+        values = [figures[key] for key in _tags.CLIPPING if key in figures]
+        if "noise" in figures:
+            tags.append(_tags.NOISE_SCALE)
+            values.append(figures["noise"])
+        if self.per_variable and tags:
+            optimizer, norms = self._reader.optimizer, figures["norms"]
+            for variable, scope in zip(self._variables, self._structure.variable_scopes, strict=True):
+                tags.append(_tags.CLIPPING_VARIABLE.format(scope=scope))
+                values.append(np.log10(max(norms[optimizer._get_variable_index(variable)], 1e-30)))
+        return self._plan.encoder.encode(tags, values)
 
     def _write_run_description(self, plan, values):
         """The dashboard, the layer order and the HParams, at step 0 of the run's first event file."""
@@ -403,6 +434,25 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         )
         if self.stop_on_nonfinite:
             self.model.stop_training = True
+
+    def _report_underflow(self, step, counts):
+        """Warns, once per variable and `fit`, where the squared-gradient cache underflowed."""
+        bad = [
+            (v.path, int(n))
+            for v, n in zip(self._structure.variables, counts, strict=False)
+            if n and v.path not in self._underflowed
+        ]
+        if not bad:
+            return
+        self._underflowed.update(path for path, _ in bad)
+        where = ", ".join(f"{path}: {n} elements" for path, n in bad)
+        warnings.warn(
+            f"The squared-gradient cache underflowed at step {step} in {where}: the gradient is not zero but "
+            f"its square, in the variable's dtype ({self._structure.variables[0].dtype} for the first), "
+            "is 0, so the step divides by epsilon alone. Keep the optimizer's state in float32 (a "
+            "keras_optlab optimizer does) or raise epsilon.",
+            stacklevel=1,
+        )
 
     def _run_for(self, optimizer) -> str:
         """The run of `optimizer`: its own if it has written one, else the next free name."""
@@ -484,21 +534,41 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
     def _rule(self, dtype, method, *args):
         """`method(*args, variable)` (a rule's `rate_from_state`, say) on a dtype's flat
         vectors: once, for an element-wise rule (as the optimizers' own groups run it),
-        else variable by variable."""
+        else variable by variable, each flat argument (or dict of them) cut into the
+        variable's piece. `method` returns an array, or a dict of arrays."""
         twin, layout = self._reader.twin, self._buffers.layout
         if twin.elementwise:
             return method(*args, _stats.Flat(layout.size(dtype), dtype))
+        size = layout.size(dtype)
+
+        def piece(k, x, shape):
+            flat = x is not None and len(ops.shape(x)) == 1 and ops.shape(x)[0] == size
+            return layout.piece(dtype, k, x, shape) if flat else x
+
         pieces = []
         for k, i in enumerate(layout.groups[dtype]):
-            variable = self._variables[i]
+            shape = self._variables[i].shape
             part = [
-                {name: layout.piece(dtype, k, x, variable.shape) for name, x in a.items()}
+                {name: piece(k, x, shape) for name, x in a.items()}
                 if isinstance(a, dict)
-                else a
+                else piece(k, a, shape)
                 for a in args
             ]
-            pieces.append(method(*part, variable))
+            pieces.append(method(*part, self._variables[i]))
+        if isinstance(pieces[0], dict):
+            return {name: layout.flat(dtype, [p[name] for p in pieces]) for name in pieces[0]}
         return layout.flat(dtype, pieces)
+
+    def _insight_terms(self, before, after, change, lr, t, touched, variable):
+        """The per-element terms of `_insight` for one step (flat or one variable's), with
+        "underflow" where the rule has a cache."""
+        reader = self._reader
+        g, signed = _insight.gradient_of(reader.twin, before, after, reader.rule_change(change), lr, t)
+        out = _insight.terms(reader.twin, self._others, before, after, change, g, signed, lr, t, touched)
+        underflow = _insight.underflow(reader.twin, after, g)
+        if underflow is not None:
+            out["underflow"] = underflow
+        return out
 
     def _read(self, lr):
         """The state now, per dtype, flat: the weights, slots, and what the rule makes of
@@ -548,6 +618,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         iterations, now, current = self._read(lr)
         before = buffers.read_before()
         arrays = {name: {} for name in ("weight", "change", "nonfinite", "gradient_squared")}
+        insight = {}  # dtype -> per-element terms of `_insight`
         for name in ("rate", "touched", "momentum", "cache", "growth"):
             arrays[name] = {}
         for dtype, entry in now.items():
@@ -559,22 +630,30 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             if entry["rate"] is not None and self._one_step_window:
                 rate_dtype = entry["rate"].dtype
                 slots_before = {k: v for k, v in before[dtype].items() if k != "weight"}
-                gradient_squared = self._rule(
-                    dtype,
-                    lambda before, after, change, lr, t, variable: reader.gradient_squared(
-                        before, after, change, lr, t
-                    ),
+                step = (
                     slots_before,
                     entry["state"],
                     ops.cast(change, rate_dtype),
                     ops.cast(lr, rate_dtype),
                     ops.cast(iterations, rate_dtype),
                 )
+                gradient_squared = self._rule(
+                    dtype,
+                    lambda before, after, change, lr, t, variable: reader.gradient_squared(
+                        before, after, change, lr, t
+                    ),
+                    *step,
+                )
+                if self.insight:
+                    insight[dtype] = self._rule(dtype, self._insight_terms, *step, entry["touched"])
             arrays["gradient_squared"][dtype] = gradient_squared
             for name in ("rate", "touched", "momentum", "cache", "growth"):
                 arrays[name][dtype] = entry[name]
         arrays = {k: None if any(x is None for x in v.values()) else v for k, v in arrays.items()}
-        stats = _stats.statistics(layout, arrays, self.threshold_ratio * lr)
+        extra, scalar_terms = self._insight_parts(arrays, insight, now, lr, iterations)
+        stats = _stats.statistics(layout, arrays, self.threshold_ratio * lr, extra)
+        if extra:
+            stats.update(_insight.scope_quantities(stats.pop("sums"), self._frameworks), **scalar_terms)
         vector, plan = self._vector(stats, now)
 
         # Logged where a step was taken since the snapshot and a multiple passed.
@@ -593,11 +672,36 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         if self._plan is None:
             self._plan = plan
         ints = [ops.reshape(step, [1]), ops.reshape(ops.cast(logged, "int32"), [1])]
-        per_variable = ops.cast(stats["nonfinite_per_variable"], "int32")
-        return {
+        per_variable = [ops.cast(stats["nonfinite_per_variable"], "int32")]
+        if "underflow_per_variable" in stats:
+            per_variable.append(ops.cast(stats["underflow_per_variable"], "int32"))
+        out = {
             "scalars": ops.concatenate(vector, axis=0),
-            "ints": ops.concatenate([*ints, per_variable], axis=0),
+            "ints": ops.concatenate([*ints, *per_variable], axis=0),
         }
+        if self._records:
+            out["record"] = _insight.record_values(reader.optimizer.gradient_record)
+        return out
+
+    def _insight_parts(self, arrays, insight, now, lr, iterations):
+        """`_insight`'s per-element terms by name and dtype (`_stats.statistics`'s
+        `extra`; the underflow flags go to `arrays`), and the rule's scalar terms (Adam's
+        bias corrections); none where a step's gradient was not read."""
+        if not insight or len(insight) != len(now):
+            return {}, {}
+        underflow = {dtype: terms.pop("underflow", None) for dtype, terms in insight.items()}
+        arrays["underflow"] = None if any(x is None for x in underflow.values()) else underflow
+        names = list(next(iter(insight.values())))
+        extra = {name: {dtype: terms[name] for dtype, terms in insight.items()} for name in names}
+        entry = next(iter(now.values()))
+        dtype = entry["rate"].dtype
+        terms = self._reader.twin.terms(entry["state"], ops.cast(lr, dtype), ops.cast(iterations, dtype))
+        scalars = {
+            f"term:{name}": ops.reshape(_stats.f32(value), [1])
+            for name, value in terms.items()
+            if len(ops.shape(value)) == 0
+        }
+        return extra, scalars
 
     def _vector(self, stats, now):
         """The statistics as one vector, and the plan that names its elements: the
@@ -612,7 +716,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         ]
         offsets = {kind: k * n_scopes for k, (kind, _) in enumerate(gates)}
         plan, vector = _Plan(), []
-        for quantity in _tags.QUANTITIES:
+        for quantity in (*_tags.QUANTITIES, *_tags.INSIGHT):
             if quantity.key not in stats:
                 continue
             if quantity.key == "cache_at_initial_value" and reader.cache_slot is None:
@@ -626,6 +730,10 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             vector.append(ops.take(stats[quantity.key], rows))
             for row in rows:
                 plan.add(tag.format(scope=names[row]), quantity.gate, offsets.get(quantity.gate), row)
+        for key in stats:
+            if key.startswith("term:"):
+                vector.append(stats[key])
+                plan.add(_tags.rule_term_tag(key[len("term:") :]), None, None, 0)
         for index, name, i in self._trace_list():
             dtype = next(d for d, members in layout.groups.items() if i in members)
             position = layout.offset[i] + int(np.ravel_multi_index(index, self._variables[i].shape))
@@ -816,6 +924,21 @@ def _variables_read(model, optimizer) -> list:
             seen.add(id(v))
             out.append(v)
     return out
+
+
+def _ask_for_gradient_record(model, optimizer) -> bool:
+    """Asks a keras_optlab optimizer on TensorFlow, outside a strategy, to record its
+    gradient norms (for the clipping advisor; `_record.py`); True where it does. A train
+    function traced before the record was asked for would record nothing: it is made
+    anew (Keras traces it again at its first call)."""
+    if not isinstance(optimizer, OptlabOptimizer) or backend() != "tensorflow" or _under_strategy(model):
+        return False
+    if optimizer.gradient_record is None:
+        traced = optimizer.built  # a train step ran (and was traced) without recording
+        optimizer.record_gradient_norms()
+        if traced:
+            model.make_train_function(force=True)
+    return True
 
 
 def _lr_is_callable(optimizer) -> bool:
