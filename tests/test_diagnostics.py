@@ -1178,3 +1178,105 @@ def test_a_compare_lines_up_its_runs_in_tags_dashboard_and_hparams(tmp_path, cap
         recorded = set(plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams)
         assert {"optimizer", "convention", "learning_rate"} <= recorded <= declared, name
         assert last(read_run(tmp_path / name), "steps_to_target") == 43  # the first epoch: 43 steps
+
+
+# ------------------------------------------- what a step says beyond the rates
+def test_direction_epsilon_drift_and_bias_corrections_against_numpy(tmp_path):
+    """Adam with Keras' epsilon (1e-7) in the paper's form, logged at step 2: each figure
+    from the batch's gradient (`_gradient`), the slots before and after the step and the
+    weights' change, put through the formulas of the README in NumPy."""
+    lr, eps, b1, b2 = 0.01, 1e-7, 0.9, 0.999
+    model, recorder = _model(ko.Adam(lr, epsilon=eps)), _StepRecorder()
+    callback = OptimizerDiagnostics(tmp_path, every_n_steps=2, histogram_every_n_steps=None)
+    _fit(model, [recorder, callback], epochs=1)
+    events, t = read_run(tmp_path / "optimizer"), 2
+    g = _gradient(recorder.before[t], _batch(t))
+    change = [a - b for a, b in zip(recorder.before[t + 1], recorder.before[t], strict=True)]
+    m0 = [s["m"] for s in recorder.state[t - 1]]
+    m, v = [s["m"] for s in recorder.state[t]], [s["v"] for s in recorder.state[t]]
+    v0 = [s["v"] for s in recorder.state[t - 1]]
+
+    def flat(arrays, rows=slice(None)):
+        return np.concatenate([np.ravel(a).astype("float64") for a in arrays[rows]])
+
+    def cos(a, b):
+        return a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+
+    events = {tag: dict(values) for tag, values in events.items()}  # by step
+    for scope, rows in (("model", slice(None)), ("layer/hidden", slice(0, 2)), ("layer/out", slice(2, 4))):
+        at = {name: flat(arrays, rows) for name, arrays in {"g": g, "dw": change, "m": m, "v": v}.items()}
+        at |= {"m0": flat(m0, rows), "v0": flat(v0, rows)}
+        assert events[f"direction/{scope}/cos_update_gradient"][t] == pytest.approx(
+            cos(at["dw"], at["g"]), abs=1e-4
+        )
+        assert events[f"direction/{scope}/cos_momentum_gradient"][t] == pytest.approx(
+            cos(at["m"], at["g"]), abs=1e-4
+        )
+        root = np.sqrt(at["v"] / (1 - b2**t))
+        share = np.mean(eps >= root[at["v"] != 0])
+        assert events[f"epsilon/{scope}/share_set_by_epsilon"][t] == pytest.approx(share)
+        # Keras' convention: epsilon hat, eps / sqrt(1 - b2^t), from the same m0, v0 and g
+        m_hat = (b1 * at["m0"] + (1 - b1) * at["g"]) / (1 - b1**t)
+        v_hat = (b2 * at["v0"] + (1 - b2) * at["g"] ** 2) / (1 - b2**t)
+        this = -lr * m_hat / (np.sqrt(v_hat) + eps)
+        keras_ = -lr * m_hat / (np.sqrt(v_hat) + eps / np.sqrt(1 - b2**t))
+        drift = np.log10(np.linalg.norm(this - keras_) / np.linalg.norm(this))
+        assert events[f"convention_drift_log10/{scope}/keras"][t] == pytest.approx(drift, abs=2e-3)
+    assert events["rule/model/1 ÷ (1 - beta_1^t)"][t] == pytest.approx(1 / (1 - b1**t), rel=1e-6)
+    assert events["rule/model/1 ÷ (1 - beta_2^t)"][t] == pytest.approx(1 / (1 - b2**t), rel=1e-4)  # float32
+
+
+@tensorflow_only
+def test_the_clipping_advisor_against_the_batches_gradient_norms(tmp_path):
+    """Every step logged: the global norm before clipping is the batch's gradient norm; its
+    running quantiles, the share of steps clipped under global_clipnorm and the suggested
+    global_clipnorm (10^p90) follow from those norms."""
+    model, recorder = _model(ko.Adam(0.01, global_clipnorm=0.3)), _StepRecorder()
+    callback = OptimizerDiagnostics(tmp_path, every_n_steps=1, histogram_every_n_steps=None)
+    _fit(model, [recorder, callback], epochs=3)
+    events = dict(read_run(tmp_path / "optimizer"))
+    logged = dict(events["clipping/model/global_norm_log10"])
+    norms = {t: _norm(_gradient(recorder.before[t], _batch(t))) for t in recorder.before}
+    assert sorted(logged) == list(range(2, 13))  # the first step builds the optimizer
+    for t, value in logged.items():
+        assert value == pytest.approx(np.log10(norms[t]), abs=1e-5)
+    t = max(logged)
+    log_norms = np.log10([norms[s] for s in range(1, t + 1)])  # the record counts every update step
+    for q in (50, 90, 99):
+        want = np.percentile(log_norms, q, method="inverted_cdf")
+        assert last(events, f"clipping/model/global_norm_p{q}_log10") == pytest.approx(want, abs=0.03)
+    share = np.mean([norms[s] > 0.3 for s in range(1, t + 1)])
+    assert last(events, "clipping/model/clipped_share") == pytest.approx(share)
+    p90 = last(events, "clipping/model/global_norm_p90_log10")
+    assert last(events, "clipping/model/suggested_global_clipnorm") == pytest.approx(10**p90, rel=1e-5)
+
+
+@tensorflow_only
+def test_an_underflowed_second_moment_is_named_with_its_step(tmp_path):
+    """Keras' own Adam on a float16 weight with g = 1e-3 and lr = 1e-3: v = (1 - beta_2) g^2 =
+    1e-9 is 0 in float16, and the step moves the weight from 1.0 to 0.5. The callback names
+    the variable and the step; keras_optlab's Adam keeps its state in float32 and is not named."""
+    x, y = np.ones((4, 1), "float32"), np.zeros((4, 1), "float32")
+
+    def loss(y_true, y_pred):  # d/dw = 1e-3 at every step
+        return 1e-3 * keras.ops.mean(y_pred, axis=-1)
+
+    said = {}
+    for name, optimizer in (("keras", keras.optimizers.Adam(1e-3)), ("ours", ko.Adam(1e-3))):
+        model = keras.Sequential(
+            [
+                keras.Input((1,)),
+                keras.layers.Dense(1, use_bias=False, kernel_initializer="ones", dtype="float16"),
+            ]
+        )
+        model.compile(optimizer=optimizer, loss=loss)
+        callback = OptimizerDiagnostics(tmp_path / name, every_n_steps=1, histogram_every_n_steps=None)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(x, y, batch_size=4, epochs=3, verbose=0, callbacks=[callback])
+        said[name] = [str(w.message) for w in caught if "underflowed" in str(w.message)]
+        if name == "keras":
+            assert float(model.trainable_variables[0].numpy()[0, 0]) < 0  # steps of about 0.5 (lr / eps)
+    assert len(said["keras"]) == 1
+    assert "at step 2 (sequential/dense/kernel: 1 elements of float16)" in said["keras"][0]
+    assert said["ours"] == []

@@ -438,19 +438,18 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
     def _report_underflow(self, step, counts):
         """Warns, once per variable and `fit`, where the squared-gradient cache underflowed."""
         bad = [
-            (v.path, int(n))
+            (v.path, int(n), keras.backend.standardize_dtype(v.dtype))
             for v, n in zip(self._structure.variables, counts, strict=False)
             if n and v.path not in self._underflowed
         ]
         if not bad:
             return
-        self._underflowed.update(path for path, _ in bad)
-        where = ", ".join(f"{path}: {n} elements" for path, n in bad)
+        self._underflowed.update(path for path, _, _ in bad)
+        where = ", ".join(f"{path}: {n} elements of {dtype}" for path, n, dtype in bad)
         warnings.warn(
-            f"The squared-gradient cache underflowed at step {step} in {where}: the gradient is not zero but "
-            f"its square, in the variable's dtype ({self._structure.variables[0].dtype} for the first), "
-            "is 0, so the step divides by epsilon alone. Keep the optimizer's state in float32 (a "
-            "keras_optlab optimizer does) or raise epsilon.",
+            f"The squared-gradient cache underflowed at step {step} ({where}): the gradient is not zero but "
+            "its square is 0 in the dtype the optimizer keeps its state in, so the step divides by epsilon "
+            "alone. Keep the optimizer's state in float32 (a keras_optlab optimizer does) or raise epsilon.",
             stacklevel=1,
         )
 
@@ -629,10 +628,11 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             gradient_squared = None
             if entry["rate"] is not None and self._one_step_window:
                 rate_dtype = entry["rate"].dtype
-                slots_before = {k: v for k, v in before[dtype].items() if k != "weight"}
+                # in the dtype of the rates (a 16-bit state's rule computes in float32)
+                slots_before = {k: ops.cast(v, rate_dtype) for k, v in before[dtype].items() if k != "weight"}
                 step = (
                     slots_before,
-                    entry["state"],
+                    {k: ops.cast(v, rate_dtype) for k, v in entry["state"].items()},
                     ops.cast(change, rate_dtype),
                     ops.cast(lr, rate_dtype),
                     ops.cast(iterations, rate_dtype),
