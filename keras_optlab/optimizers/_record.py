@@ -45,28 +45,52 @@ NOISE_DECAY = 0.95
 class GradientRecord:
     """The record's variables (see the module's docstring)."""
 
-    def __init__(self, count: int):
+    def __init__(self, count: int, strategy=None):
         import tensorflow as tf
 
-        with tf.init_scope():
-            self.norms = tf.Variable(tf.zeros(count), trainable=False, name="gradient_norms")
-            self.global_norm = tf.Variable(0.0, trainable=False, name="gradient_global_norm")
-            self.steps = tf.Variable(0.0, trainable=False, name="gradient_steps")
-            self.clipped = tf.Variable(0.0, trainable=False, name="gradient_clipped_steps")
-            self.histogram = tf.Variable(tf.zeros(BINS), trainable=False, name="gradient_norm_histogram")
-            self.window_squares = tf.Variable(0.0, trainable=False, name="gradient_window_squares")
-            self.window_count = tf.Variable(0.0, trainable=False, name="gradient_window_count")
-            self.noise_g2 = tf.Variable(0.0, trainable=False, name="gradient_noise_g2")
-            self.noise_trace = tf.Variable(0.0, trainable=False, name="gradient_noise_trace")
-            self.noise_weight = tf.Variable(0.0, trainable=False, name="gradient_noise_weight")
+        # Under a tf.distribute strategy each replica writes its own copy of each
+        # variable (no synchronisation in the step); a read outside the replicas gives
+        # the replicas' mean (`tf.VariableAggregation.MEAN`). Without one, plain variables.
+        def variable(value, name):
+            return tf.Variable(
+                value,
+                trainable=False,
+                name=name,
+                synchronization=tf.VariableSynchronization.ON_READ,
+                aggregation=tf.VariableAggregation.MEAN,
+            )
+
+        self.strategy = strategy or tf.distribute.get_strategy()
+        with tf.init_scope(), self.strategy.scope():
+            self.norms = variable(tf.zeros(count), "gradient_norms")
+            self.global_norm = variable(0.0, "gradient_global_norm")
+            self.steps = variable(0.0, "gradient_steps")
+            self.clipped = variable(0.0, "gradient_clipped_steps")
+            self.histogram = variable(tf.zeros(BINS), "gradient_norm_histogram")
+            self.window_squares = variable(0.0, "gradient_window_squares")
+            self.window_count = variable(0.0, "gradient_window_count")
+            self.noise_g2 = variable(0.0, "gradient_noise_g2")
+            self.noise_trace = variable(0.0, "gradient_noise_trace")
+            self.noise_weight = variable(0.0, "gradient_noise_weight")
 
     def record_received(self, grads, indices):
         """Each variable's gradient norm, as `apply` received it."""
         import tensorflow as tf
 
+        if tf.distribute.get_strategy() is not self.strategy:
+            raise RuntimeError(
+                "The gradient record's variables were made under another tf.distribute strategy than "
+                "the one this step runs under: call `record_gradient_norms()` and build the optimizer "
+                "under the strategy's scope."
+            )
+
         squares = tf.stack([_sum_of_squares(g) for g in grads])
-        self.norms.scatter_nd_update(tf.constant([[i] for i in indices]), tf.sqrt(squares))
-        self.window_squares.assign_add(tf.reduce_sum(squares))
+        at = tf.constant([[i] for i in indices])
+        self.norms.assign(tf.tensor_scatter_nd_update(self.norms.read_value(), at, tf.sqrt(squares)))
+        # The replica's own mean gradient is `replicas` times what it received: the loss
+        # it differentiates is scaled by 1 / replicas, so that the all-reduce's sum is the
+        # mean gradient of the global batch (see the module's docstring).
+        self.window_squares.assign_add(tf.reduce_sum(squares) * float(_replicas() ** 2))
         self.window_count.assign_add(1.0)
 
     def record_clipped(self, grads, clipnorm, global_clipnorm, clipvalue):
@@ -91,22 +115,37 @@ class GradientRecord:
         self.global_norm.assign(global_norm)
         self.steps.assign_add(1.0)
         self.clipped.assign_add(tf.cast(clipped, tf.float32))
-        self.histogram.scatter_nd_add([[index]], [1.0])
-        self._noise(tf.square(global_norm))
+        self.histogram.assign(tf.tensor_scatter_nd_add(self.histogram.read_value(), [[index]], [1.0]))
+        if _replicas() == 1:
+            self._noise(tf.square(global_norm), 1)
 
-    def _noise(self, big):
-        """The noise scale's two estimates from the window that ends at this update step."""
+    def record_reduced(self, grads):
+        """Under a strategy of several replicas, the gradients after the all-reduce (their
+        sum: the global batch's mean gradient), for the noise scale."""
         import tensorflow as tf
 
-        n = self.window_count
-        small = self.window_squares / tf.maximum(n, 1.0)
-        two_sizes = n > 1  # (without accumulation, one batch size: nothing to estimate)
+        replicas = _replicas()
+        if replicas > 1:
+            self._noise(tf.add_n([_sum_of_squares(g) for g in grads if g is not None]), replicas)
+
+    def _noise(self, big, replicas):
+        """The noise scale's two estimates from the window that ends at this update step:
+        its micro-batches on every replica, `n` in all, and `big` the squared norm of
+        their mean."""
+        import tensorflow as tf
+
+        count = self.window_count.read_value()
+        small = self.window_squares.read_value() / tf.maximum(count, 1.0)
+        if replicas > 1:  # each replica's micro-batches (as many on each): their mean
+            small = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN, small)
+        n = count * replicas
+        two_sizes = n > 1  # (one batch size, without accumulation nor replicas: nothing to estimate)
         g2 = tf.math.divide_no_nan(n * big - small, n - 1)  # |G|^2
         trace = tf.math.divide_no_nan(n * (small - big), n - 1)  # tr(Sigma) / b
         decay = tf.where(two_sizes, NOISE_DECAY, 1.0)
-        self.noise_g2.assign(decay * self.noise_g2 + (1 - decay) * g2)
-        self.noise_trace.assign(decay * self.noise_trace + (1 - decay) * trace)
-        self.noise_weight.assign(decay * self.noise_weight + (1 - decay))
+        self.noise_g2.assign(decay * self.noise_g2.read_value() + (1 - decay) * g2)
+        self.noise_trace.assign(decay * self.noise_trace.read_value() + (1 - decay) * trace)
+        self.noise_weight.assign(decay * self.noise_weight.read_value() + (1 - decay))
         self.window_squares.assign(0.0)
         self.window_count.assign(0.0)
 
@@ -117,6 +156,27 @@ class GradientRecord:
         if float(self.noise_weight.numpy()) == 0 or g2 <= 0:
             return None
         return micro_batch_size * trace / g2
+
+
+def refuse_accumulation_across_replicas():
+    """Refuses `gradient_accumulation_steps` under a strategy of several replicas: Keras 3.15
+    cannot run it (its `BaseOptimizer._backend_apply_gradients` puts the update step, and
+    with it the all-reduce's `merge_call`, inside `ops.cond`, which `MirroredStrategy`
+    refuses, with Keras' own optimizers too), and so the record does not estimate the noise
+    scale from the three batch sizes there would be."""
+    if _replicas() > 1:
+        raise NotImplementedError(
+            "Gradient norms are not recorded under gradient_accumulation_steps and a tf.distribute "
+            "strategy of several replicas together: Keras 3.15 cannot accumulate gradients under a "
+            "strategy (the all-reduce's merge_call inside ops.cond), with its own optimizers too."
+        )
+
+
+def _replicas() -> int:
+    """The replicas in sync of the strategy the step runs under (1 without one)."""
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync
 
 
 def _values(gradient):
