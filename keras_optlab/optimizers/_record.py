@@ -22,11 +22,37 @@ al. 2018, "An Empirical Model of Large-Batch Training", appendix A): from the me
 |G|^2 = (n |G_nb|^2 - |G_b|^2) / (n - 1) and of tr(Sigma) / b = n (|G_b|^2 - |G_nb|^2) /
 (n - 1), each smoothed separately (`noise_g2`, `noise_trace`: exponential averages with
 factor `NOISE_DECAY`, `noise_weight` their weight, for the bias correction); their
-ratio times b is B_simple = tr(Sigma) / |G|^2, the critical batch size it implies.
+ratio times b is B_simple = tr(Sigma) / |G|^2, the critical batch size it implies
+(`noise_scale(b)`).
+
+Under a tf.distribute strategy of n > 1 replicas (Keras 3.15, TensorFlow) the optimizer
+sees two batch sizes too: `apply` runs in each replica's context, where
+`_backend_apply_gradients` and `_clip_gradients` receive that replica's gradient, and
+`TFOptimizer._backend_update_step` all-reduces them (`_all_reduce_sum_gradients`, a SUM)
+before its `merge_call`; the optimizer reads the reduced gradients there, the mean
+gradient of the global batch nb. Each replica differentiates its own mean loss scaled by
+1 / n (Keras' `fit`: `scale_loss_for_distribution`; in a custom loop, a sum over the
+replica's examples divided by the global batch, as the all-reduce's sum requires), so the
+record takes n times what a replica received as its own mean gradient, |G_b|^2 the mean
+over the replicas (an all-reduce of one number per update step), and the same estimator
+with n the number of replicas. b, the batch size to pass to `noise_scale`, is the
+per-replica batch: the global batch divided by the replicas (the estimate assumes equal
+shards; a last, short global batch is split unevenly). Accumulation under a strategy is
+refused (`refuse_accumulation_across_replicas`: Keras 3.15 cannot run it).
+
+Under a strategy the variables are made in its scope, each replica writing its own copy
+in the step (`ON_READ`, no synchronisation), and read outside the replicas as the
+replicas' mean (`tf.VariableAggregation.MEAN`; read them with `.numpy()`: `float()` does
+not take such a variable). So `norms` and `global_norm` are the mean over the replicas of
+each replica's (what its `apply` received, and what its clipping saw: Keras clips each
+replica's gradient, scaled by 1 / n, before the all-reduce), the histogram pools the
+replicas' global norms (each step adds 1 in all, 1 / n in each replica's bin), and
+`clipped` counts a step by the share of replicas whose gradient clipping changed. The
+noise estimates are the same on every replica. Without a strategy the variables are
+plain ones, as before.
 
 TensorFlow only: on JAX the optimizer's step is stateless, and state of its own
-would have to be saved with it. Not under a tf.distribute strategy (the replicas'
-gradients are reduced after clipping, out of the optimizer's sight).
+would have to be saved with it.
 """
 
 from __future__ import annotations
@@ -151,7 +177,9 @@ class GradientRecord:
 
     def noise_scale(self, micro_batch_size: int) -> float | None:
         """B_simple = tr(Sigma) / |G|^2 in examples, from the smoothed estimates (None
-        before any update step with two batch sizes, or where |G|^2 is not positive)."""
+        before any update step with two batch sizes, or where |G|^2 is not positive).
+        `micro_batch_size`: the smaller batch, b: the micro-batch under accumulation, the
+        per-replica batch (the global batch / replicas) under a strategy."""
         g2, trace = float(self.noise_g2.numpy()), float(self.noise_trace.numpy())
         if float(self.noise_weight.numpy()) == 0 or g2 <= 0:
             return None
