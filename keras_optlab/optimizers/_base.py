@@ -196,7 +196,7 @@ class OptlabOptimizer(Rule, StateAccess, keras.optimizers.Optimizer):
         super().build(var_list)
         self._layout = SlotLayout(self, var_list, self.flat_slots)
         if self._record_gradients:
-            self.gradient_record = _record.GradientRecord(len(var_list))
+            self.gradient_record = _record.GradientRecord(len(var_list), self._strategy())
         if self._deferred_load is not None:
             deferred, self._deferred_load = self._deferred_load, None
             _saving.assign(self, _saving.loadable(self, *deferred))
@@ -225,14 +225,31 @@ class OptlabOptimizer(Rule, StateAccess, keras.optimizers.Optimizer):
             )
         self._record_gradients = True
         if self.built and self.gradient_record is None:
-            self.gradient_record = _record.GradientRecord(len(self._trainable_variables))
+            self.gradient_record = _record.GradientRecord(len(self._trainable_variables), self._strategy())
         return self.gradient_record
+
+    def _strategy(self):
+        """The tf.distribute strategy whose scope is entered, else the one the optimizer was
+        made under (Keras' `_distribution_strategy`: the default one if none was)."""
+        import tensorflow as tf
+
+        return tf.distribute.get_strategy() if tf.distribute.has_strategy() else self._distribution_strategy
 
     def _backend_apply_gradients(self, grads, trainable_variables):
         if self.gradient_record is not None:
+            if self.gradient_accumulation_steps:
+                _record.refuse_accumulation_across_replicas()
             indices = [self._get_variable_index(v) for v in trainable_variables]
             self.gradient_record.record_received(grads, indices)
         super()._backend_apply_gradients(grads, trainable_variables)
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        """Keras' all-reduce of the replicas' gradients (TensorFlow), where the record
+        sees the reduced gradients under a strategy."""
+        reduced = super()._all_reduce_sum_gradients(grads_and_vars)
+        if self.gradient_record is not None:
+            self.gradient_record.record_reduced([g for g, _ in reduced])
+        return reduced
 
     def _clip_gradients(self, grads):
         if self.gradient_record is not None:

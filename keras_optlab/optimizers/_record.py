@@ -22,11 +22,37 @@ al. 2018, "An Empirical Model of Large-Batch Training", appendix A): from the me
 |G|^2 = (n |G_nb|^2 - |G_b|^2) / (n - 1) and of tr(Sigma) / b = n (|G_b|^2 - |G_nb|^2) /
 (n - 1), each smoothed separately (`noise_g2`, `noise_trace`: exponential averages with
 factor `NOISE_DECAY`, `noise_weight` their weight, for the bias correction); their
-ratio times b is B_simple = tr(Sigma) / |G|^2, the critical batch size it implies.
+ratio times b is B_simple = tr(Sigma) / |G|^2, the critical batch size it implies
+(`noise_scale(b)`).
+
+Under a tf.distribute strategy of n > 1 replicas (Keras 3.15, TensorFlow) the optimizer
+sees two batch sizes too: `apply` runs in each replica's context, where
+`_backend_apply_gradients` and `_clip_gradients` receive that replica's gradient, and
+`TFOptimizer._backend_update_step` all-reduces them (`_all_reduce_sum_gradients`, a SUM)
+before its `merge_call`; the optimizer reads the reduced gradients there, the mean
+gradient of the global batch nb. Each replica differentiates its own mean loss scaled by
+1 / n (Keras' `fit`: `scale_loss_for_distribution`; in a custom loop, a sum over the
+replica's examples divided by the global batch, as the all-reduce's sum requires), so the
+record takes n times what a replica received as its own mean gradient, |G_b|^2 the mean
+over the replicas (an all-reduce of one number per update step), and the same estimator
+with n the number of replicas. b, the batch size to pass to `noise_scale`, is the
+per-replica batch: the global batch divided by the replicas (the estimate assumes equal
+shards; a last, short global batch is split unevenly). Accumulation under a strategy is
+refused (`refuse_accumulation_across_replicas`: Keras 3.15 cannot run it).
+
+Under a strategy the variables are made in its scope, each replica writing its own copy
+in the step (`ON_READ`, no synchronisation), and read outside the replicas as the
+replicas' mean (`tf.VariableAggregation.MEAN`; read them with `.numpy()`: `float()` does
+not take such a variable). So `norms` and `global_norm` are the mean over the replicas of
+each replica's (what its `apply` received, and what its clipping saw: Keras clips each
+replica's gradient, scaled by 1 / n, before the all-reduce), the histogram pools the
+replicas' global norms (each step adds 1 in all, 1 / n in each replica's bin), and
+`clipped` counts a step by the share of replicas whose gradient clipping changed. The
+noise estimates are the same on every replica. Without a strategy the variables are
+plain ones, as before.
 
 TensorFlow only: on JAX the optimizer's step is stateless, and state of its own
-would have to be saved with it. Not under a tf.distribute strategy (the replicas'
-gradients are reduced after clipping, out of the optimizer's sight).
+would have to be saved with it.
 """
 
 from __future__ import annotations
@@ -45,28 +71,52 @@ NOISE_DECAY = 0.95
 class GradientRecord:
     """The record's variables (see the module's docstring)."""
 
-    def __init__(self, count: int):
+    def __init__(self, count: int, strategy=None):
         import tensorflow as tf
 
-        with tf.init_scope():
-            self.norms = tf.Variable(tf.zeros(count), trainable=False, name="gradient_norms")
-            self.global_norm = tf.Variable(0.0, trainable=False, name="gradient_global_norm")
-            self.steps = tf.Variable(0.0, trainable=False, name="gradient_steps")
-            self.clipped = tf.Variable(0.0, trainable=False, name="gradient_clipped_steps")
-            self.histogram = tf.Variable(tf.zeros(BINS), trainable=False, name="gradient_norm_histogram")
-            self.window_squares = tf.Variable(0.0, trainable=False, name="gradient_window_squares")
-            self.window_count = tf.Variable(0.0, trainable=False, name="gradient_window_count")
-            self.noise_g2 = tf.Variable(0.0, trainable=False, name="gradient_noise_g2")
-            self.noise_trace = tf.Variable(0.0, trainable=False, name="gradient_noise_trace")
-            self.noise_weight = tf.Variable(0.0, trainable=False, name="gradient_noise_weight")
+        # Under a tf.distribute strategy each replica writes its own copy of each
+        # variable (no synchronisation in the step); a read outside the replicas gives
+        # the replicas' mean (`tf.VariableAggregation.MEAN`). Without one, plain variables.
+        def variable(value, name):
+            return tf.Variable(
+                value,
+                trainable=False,
+                name=name,
+                synchronization=tf.VariableSynchronization.ON_READ,
+                aggregation=tf.VariableAggregation.MEAN,
+            )
+
+        self.strategy = strategy or tf.distribute.get_strategy()
+        with tf.init_scope(), self.strategy.scope():
+            self.norms = variable(tf.zeros(count), "gradient_norms")
+            self.global_norm = variable(0.0, "gradient_global_norm")
+            self.steps = variable(0.0, "gradient_steps")
+            self.clipped = variable(0.0, "gradient_clipped_steps")
+            self.histogram = variable(tf.zeros(BINS), "gradient_norm_histogram")
+            self.window_squares = variable(0.0, "gradient_window_squares")
+            self.window_count = variable(0.0, "gradient_window_count")
+            self.noise_g2 = variable(0.0, "gradient_noise_g2")
+            self.noise_trace = variable(0.0, "gradient_noise_trace")
+            self.noise_weight = variable(0.0, "gradient_noise_weight")
 
     def record_received(self, grads, indices):
         """Each variable's gradient norm, as `apply` received it."""
         import tensorflow as tf
 
+        if tf.distribute.get_strategy() is not self.strategy:
+            raise RuntimeError(
+                "The gradient record's variables were made under another tf.distribute strategy than "
+                "the one this step runs under: call `record_gradient_norms()` and build the optimizer "
+                "under the strategy's scope."
+            )
+
         squares = tf.stack([_sum_of_squares(g) for g in grads])
-        self.norms.scatter_nd_update(tf.constant([[i] for i in indices]), tf.sqrt(squares))
-        self.window_squares.assign_add(tf.reduce_sum(squares))
+        at = tf.constant([[i] for i in indices])
+        self.norms.assign(tf.tensor_scatter_nd_update(self.norms.read_value(), at, tf.sqrt(squares)))
+        # The replica's own mean gradient is `replicas` times what it received: the loss
+        # it differentiates is scaled by 1 / replicas, so that the all-reduce's sum is the
+        # mean gradient of the global batch (see the module's docstring).
+        self.window_squares.assign_add(tf.reduce_sum(squares) * float(_replicas() ** 2))
         self.window_count.assign_add(1.0)
 
     def record_clipped(self, grads, clipnorm, global_clipnorm, clipvalue):
@@ -91,32 +141,70 @@ class GradientRecord:
         self.global_norm.assign(global_norm)
         self.steps.assign_add(1.0)
         self.clipped.assign_add(tf.cast(clipped, tf.float32))
-        self.histogram.scatter_nd_add([[index]], [1.0])
-        self._noise(tf.square(global_norm))
+        self.histogram.assign(tf.tensor_scatter_nd_add(self.histogram.read_value(), [[index]], [1.0]))
+        if _replicas() == 1:
+            self._noise(tf.square(global_norm), 1)
 
-    def _noise(self, big):
-        """The noise scale's two estimates from the window that ends at this update step."""
+    def record_reduced(self, grads):
+        """Under a strategy of several replicas, the gradients after the all-reduce (their
+        sum: the global batch's mean gradient), for the noise scale."""
         import tensorflow as tf
 
-        n = self.window_count
-        small = self.window_squares / tf.maximum(n, 1.0)
-        two_sizes = n > 1  # (without accumulation, one batch size: nothing to estimate)
+        replicas = _replicas()
+        if replicas > 1:
+            self._noise(tf.add_n([_sum_of_squares(g) for g in grads if g is not None]), replicas)
+
+    def _noise(self, big, replicas):
+        """The noise scale's two estimates from the window that ends at this update step:
+        its micro-batches on every replica, `n` in all, and `big` the squared norm of
+        their mean."""
+        import tensorflow as tf
+
+        count = self.window_count.read_value()
+        small = self.window_squares.read_value() / tf.maximum(count, 1.0)
+        if replicas > 1:  # each replica's micro-batches (as many on each): their mean
+            small = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN, small)
+        n = count * replicas
+        two_sizes = n > 1  # (one batch size, without accumulation nor replicas: nothing to estimate)
         g2 = tf.math.divide_no_nan(n * big - small, n - 1)  # |G|^2
         trace = tf.math.divide_no_nan(n * (small - big), n - 1)  # tr(Sigma) / b
         decay = tf.where(two_sizes, NOISE_DECAY, 1.0)
-        self.noise_g2.assign(decay * self.noise_g2 + (1 - decay) * g2)
-        self.noise_trace.assign(decay * self.noise_trace + (1 - decay) * trace)
-        self.noise_weight.assign(decay * self.noise_weight + (1 - decay))
+        self.noise_g2.assign(decay * self.noise_g2.read_value() + (1 - decay) * g2)
+        self.noise_trace.assign(decay * self.noise_trace.read_value() + (1 - decay) * trace)
+        self.noise_weight.assign(decay * self.noise_weight.read_value() + (1 - decay))
         self.window_squares.assign(0.0)
         self.window_count.assign(0.0)
 
     def noise_scale(self, micro_batch_size: int) -> float | None:
         """B_simple = tr(Sigma) / |G|^2 in examples, from the smoothed estimates (None
-        before any update step with two batch sizes, or where |G|^2 is not positive)."""
+        before any update step with two batch sizes, or where |G|^2 is not positive).
+        `micro_batch_size`: the smaller batch, b: the micro-batch under accumulation, the
+        per-replica batch (the global batch / replicas) under a strategy."""
         g2, trace = float(self.noise_g2.numpy()), float(self.noise_trace.numpy())
         if float(self.noise_weight.numpy()) == 0 or g2 <= 0:
             return None
         return micro_batch_size * trace / g2
+
+
+def refuse_accumulation_across_replicas():
+    """Refuses `gradient_accumulation_steps` under a strategy of several replicas: Keras 3.15
+    cannot run it (its `BaseOptimizer._backend_apply_gradients` puts the update step, and
+    with it the all-reduce's `merge_call`, inside `ops.cond`, which `MirroredStrategy`
+    refuses, with Keras' own optimizers too), and so the record does not estimate the noise
+    scale from the three batch sizes there would be."""
+    if _replicas() > 1:
+        raise NotImplementedError(
+            "Gradient norms are not recorded under gradient_accumulation_steps and a tf.distribute "
+            "strategy of several replicas together: Keras 3.15 cannot accumulate gradients under a "
+            "strategy (the all-reduce's merge_call inside ops.cond), with its own optimizers too."
+        )
+
+
+def _replicas() -> int:
+    """The replicas in sync of the strategy the step runs under (1 without one)."""
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync
 
 
 def _values(gradient):
