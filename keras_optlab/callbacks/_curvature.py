@@ -32,23 +32,22 @@ class PowerIteration:
 
     def __call__(self, inputs, rates=None, iterations: int = 20, start=None, seed: int = 0):
         variables = self.variables
-        roots = None
         if rates is not None:
             if not isinstance(rates, (list, tuple)):
                 rates = [rates] * len(variables)
-            roots = [
-                tf.broadcast_to(tf.sqrt(tf.cast(r, v.dtype)), v.shape)
-                for r, v in zip(rates, variables, strict=True)
+            rates = [
+                tf.broadcast_to(tf.cast(r, v.dtype), v.shape) for r, v in zip(rates, variables, strict=True)
             ]
         if start is None:
             generator = tf.random.Generator.from_seed(seed)
             start = [generator.normal(v.shape, dtype=v.dtype) for v in variables]
         inputs = tuple(tf.nest.map_structure(tf.convert_to_tensor, inputs))
-        eigenvalue, vectors = self._run(inputs, roots, _normalized(list(start)), tf.constant(iterations))
+        eigenvalue, vectors = self._run(inputs, rates, _normalized(list(start)), tf.constant(iterations))
         return float(eigenvalue), vectors
 
-    def _iterate(self, inputs, roots, vectors, iterations):
+    def _iterate(self, inputs, rates, vectors, iterations):
         variables = self.variables
+        roots = None if rates is None else [tf.sqrt(r) for r in rates]
         zero = tf.UnconnectedGradients.ZERO
 
         def product(vectors):  # diag(r)^(1/2) H diag(r)^(1/2) vectors

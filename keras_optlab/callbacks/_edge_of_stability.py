@@ -89,7 +89,7 @@ class EdgeOfStability:
 
     def __init__(self, probe, every_n_steps, iterations):
         self.probe, self.every_n_steps, self.iterations = probe, every_n_steps, iterations
-        self._made_for = self._power = self._vectors = None
+        self._made_for = self._power = self._rates = self._vectors = None
         self._mark, self._off = 0, False
 
     def start(self, model, variables, mark: int) -> None:
@@ -97,7 +97,7 @@ class EdgeOfStability:
         model or other variables get a power iteration of their own."""
         made_for = (id(model), [id(v) for v in variables])
         if made_for != self._made_for:
-            self._made_for, self._power, self._vectors = made_for, None, None
+            self._made_for, self._power, self._rates, self._vectors = made_for, None, None, None
         self._mark, self._off = mark, False
 
     def due(self, step: int) -> bool:
@@ -133,11 +133,17 @@ class EdgeOfStability:
         lr = float(to_numpy(lr))
         twin = reader.twin
         preconditioned = twin is not None and reader.cache_slot is not None
-        rates = None
-        if preconditioned:  # P^-1 = diag(rate), each element's rate after this step at its lr
-            rates = [tf.cast(twin.rate_from_state(reader.state(v), lr, step, v), v.dtype) for v in variables]
         if self._power is None:
             self._power = PowerIteration(variables, _loss(model))
+
+            @tf.function
+            def rates(lr, t):  # P^-1 = diag(rate), each element's rate after step t taken at lr
+                return [tf.cast(twin.rate_from_state(reader.state(v), lr, t, v), v.dtype) for v in variables]
+
+            self._rates = rates
+        rates = (
+            self._rates(tf.constant(lr, tf.float32), tf.constant(step, tf.int64)) if preconditioned else None
+        )
         metrics = [(v, np.array(to_numpy(v))) for v in model.metrics_variables]
         try:
             inputs = _inputs(self.probe)
