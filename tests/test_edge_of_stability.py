@@ -107,6 +107,22 @@ def test_sharpness_of_the_hessian_against_the_papers_threshold(make, threshold, 
         assert _series(events, RATIO)[step][1] == pytest.approx(want / threshold(eta), rel=1e-6)
 
 
+def test_the_threshold_is_at_the_learning_rate_of_the_step_just_taken(tmp_path):
+    """A schedule that jumps from 0.05 to 0.02: Keras takes step k at schedule(k - 1), so steps
+    1 to 4 at 0.05 and 5 to 8 at 0.02. Logged at every step (where each log's call also reads
+    the next step's rate), and under steps_per_execution=2 (a window: its last step's rate)."""
+    x, y = _data()
+    for spe, path in ((1, tmp_path / "one"), (2, tmp_path / "two")):
+        schedule = keras.optimizers.schedules.PiecewiseConstantDecay([3], [0.05, 0.02])
+        model = _model(ko.SGD(schedule))
+        model.compile(optimizer=model.optimizer, loss="mse", steps_per_execution=spe)
+        events = _fit(model, OptimizerDiagnostics(path, every_n_steps=1, curvature_probe=(x, y)))
+        steps = [s for s, _ in _series(events, THRESHOLD)]
+        assert steps == ([2, 3, 4, 5, 6, 7, 8] if spe == 1 else [4, 6, 8]), spe
+        want = [2 / float(np.float32(0.05 if s <= 4 else 0.02)) for s in steps]
+        assert [v for _, v in _series(events, THRESHOLD)] == pytest.approx(want, rel=1e-6), spe
+
+
 def test_regularization_is_part_of_the_loss(tmp_path):
     """An L2 penalty c ||W||^2 adds 2c to every eigenvalue of the Hessian. (In float32: Keras'
     `compute_loss` cannot add a float64 penalty to the float32 compiled loss, in training too.)"""
