@@ -91,6 +91,15 @@ HISTOGRAMS = {
 #: The layer order, a text summary at the first log: a 1-D string tensor of the layers'
 #: scopes (as in `layer/<scope>`), in model order.
 LAYER_ORDER = "layer_order"
+#: The edge of stability (opt-in, with `curvature_probe`), for the model alone: the sharpness
+#: and the threshold in the units of Cohen et al. (lambda_max(H) against limit / lr for a rule
+#: without a cache, lambda_max(diag(rate) H) against the dimensionless limit for one with a
+#: cache), and lambda_max(diag(rate) H) / limit, dimensionless for every rule.
+EDGE_OF_STABILITY = {
+    "sharpness": "edge_of_stability/model/sharpness",
+    "threshold": "edge_of_stability/model/threshold",
+    "ratio": "edge_of_stability/model/sharpness_over_threshold",
+}
 
 
 def scope_names(layer_order, variable_scopes, per_variable):
@@ -112,9 +121,11 @@ def _alternatives(scopes) -> str:
     return "|".join(re.escape(s) for s in scopes)
 
 
-def layout(layers, shown, chosen_by: str = ""):
+def layout(layers, shown, chosen_by: str = "", edge_of_stability: bool = False):
     """The custom-scalars layout for a model whose layers are `layers` (scopes, in model
-    order), showing `shown` of them in the charts per layer (all of them where they fit).
+    order), showing `shown` of them in the charts per layer (all of them where they fit),
+    and with `edge_of_stability` a last section for those quantities (a run without them
+    lacks it; TensorBoard, merging the runs' layouts, shows it once and the rest once).
 
     It depends on the layers alone (not on the optimizer: TensorBoard merges the
     layouts of all runs under a log directory, and would show a chart twice where two
@@ -240,7 +251,25 @@ def layout(layers, shown, chosen_by: str = ""):
             ),
         ],
     )
-    return layout_pb2.Layout(category=[first, second, third, fourth])
+    categories = [first, second, third, fourth]
+    if edge_of_stability:
+        tags = EDGE_OF_STABILITY
+        categories.append(
+            layout_pb2.Category(
+                title="Optimizer: edge of stability (sharpness on the probe batch)",
+                chart=[
+                    lines(
+                        "Sharpness and the rule's threshold (Cohen et al.: 2/lr for SGD, ...)",
+                        f"^({_alternatives([tags['sharpness'], tags['threshold']])})$",
+                    ),
+                    lines(
+                        "lambda_max(diag(rate) H) / stability limit (1: at the edge)",
+                        "^" + re.escape(tags["ratio"]) + "$",
+                    ),
+                ],
+            )
+        )
+    return layout_pb2.Layout(category=categories)
 
 
 def shown_layers(layers, layer_values, model_value) -> list[str]:

@@ -15,7 +15,7 @@ import numpy as np
 from keras import ops
 
 from keras_optlab._paths import why_unwritable
-from keras_optlab.callbacks import _events, _insight, _scopes, _stats, _tags
+from keras_optlab.callbacks import _edge_of_stability, _events, _insight, _scopes, _stats, _tags
 from keras_optlab.callbacks._compiled import Compiled, backend, to_numpy
 from keras_optlab.callbacks._readers import reader_for, unwrap
 from keras_optlab.optimizers import OptlabOptimizer
@@ -118,6 +118,18 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
     `fit`. On JAX the callback reads `callback.model` (which makes Keras write its
     training state back to the variables) only in a batch it logs.
 
+    Edge of stability, opt-in (TensorFlow backend): with `curvature_probe=(x, y)` (or
+    `(x, y, sample_weight)`, one batch), at the first log at or after each multiple of
+    `curvature_every_n_steps` (None: every log), the top eigenvalue of the Hessian of the
+    loss training minimizes (`model.compute_loss`, regularization included, the model
+    called with `training=False`) on that batch, by `curvature_iterations` (20) steps of
+    power iteration with Hessian-vector products, each log starting from the previous
+    log's vector: `edge_of_stability/model/sharpness`, `.../threshold` and
+    `.../sharpness_over_threshold` (see `_edge_of_stability` for their formulas: lambda_max(H)
+    against limit/lr for SGD, Momentum and NAG; lambda_max(diag(rate) H) against the
+    dimensionless limit for rules with a cache, Adam's (2 + 2 beta_1)/(1 - beta_1)). A probe
+    that fails (a wrong shape, say) warns once and the rest goes on.
+
     Reads the keras_optlab optimizers and Keras' SGD (momentum, Nesterov), Adagrad,
     RMSprop and Adam, also inside a `LossScaleOptimizer`; for any other it says at the
     start what it cannot read and logs the rest. Under a distribution strategy it logs
@@ -136,6 +148,9 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         stop_on_nonfinite: bool = False,
         hparams: bool = True,
         insight: bool = True,
+        curvature_probe=None,
+        curvature_every_n_steps: int | None = None,
+        curvature_iterations: int = 20,
     ):
         super().__init__()
         if not isinstance(log_dir, (str, os.PathLike)):
@@ -153,6 +168,24 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         self.stop_on_nonfinite = check_bool("stop_on_nonfinite", stop_on_nonfinite)
         self.hparams = check_bool("hparams", hparams)
         self.insight = check_bool("insight", insight)
+        probe = _edge_of_stability.check_probe(curvature_probe)
+        self.curvature_every_n_steps = check_int(
+            "curvature_every_n_steps", curvature_every_n_steps, 1, allow_none=True
+        )
+        self.curvature_iterations = check_int("curvature_iterations", curvature_iterations, 1)
+        if probe is None and self.curvature_every_n_steps is not None:
+            raise ValueError(
+                "`curvature_every_n_steps` needs a `curvature_probe`, the batch the sharpness is "
+                f"measured on. Received: curvature_every_n_steps={curvature_every_n_steps!r}"
+            )
+        _edge_of_stability.check_backend(probe)
+        self._edge = (
+            None
+            if probe is None
+            else _edge_of_stability.EdgeOfStability(
+                probe, self.curvature_every_n_steps, self.curvature_iterations
+            )
+        )
         self._events = self._events_run = None
         self._jax = False
         self._failed = False
@@ -221,6 +254,8 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         self._lr_is_callable = _lr_is_callable(reader.optimizer)
         start = self._iterations()
         self._start = self._mark = self._histogram_mark = start
+        if self._edge is not None:
+            self._edge.start(model, variables, start)
         self._known, self._batches_since = start, 0  # iterations last read, batches begun since
         self._logs_this_fit = self._epochs_this_fit = 0
         self._pending = None  # (iterations before, iterations after) of a batch whose snapshot is taken
@@ -311,6 +346,9 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         self._sync()
         # Histograms first: the statistics' call moves the snapshot on.
         histograms = self._function("histograms")() if self._histograms_due(step_after) else None
+        # The step's learning rate, for the edge of stability: where every batch logs, the
+        # statistics' call reads the next step's into the buffer.
+        lr = self._step_lr() if self._edge is not None else None
         out = self._function("stats")()
         ints = to_numpy(out["ints"])
         step, logged = int(ints[0]), bool(ints[1])
@@ -318,14 +356,13 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         if logged:
             n = len(self._variables)
             per_variable = {"nonfinite": ints[2 : 2 + n], "underflow": ints[2 + n :]}
-            self._log(
-                step, step_before, out, per_variable, histograms if self._histograms_due(step) else None
-            )
+            histograms = histograms if self._histograms_due(step) else None
+            self._log(step, step_before, out, per_variable, histograms, lr)
             self._mark = step
         return self._carry
 
     # --------------------------------------------------------------- writing
-    def _log(self, step, step_before, out, per_variable, histograms):
+    def _log(self, step, step_before, out, per_variable, histograms, lr=None):
         plan = self._plan
         values = to_numpy(out["scalars"])
         has_previous = self._logs_this_fit > 0
@@ -346,6 +383,8 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             summary += plan.encoder.encode(["execution_steps"], [step - step_before])
         if "record" in out:
             summary += self._clipping_summary(to_numpy(out["record"]))
+        if self._edge is not None:
+            summary += self._edge.encode(plan.encoder, self.model, self._reader, self._variables, step, lr)
         self._events.add(_events.summary_event(summary, step))
         self._logs_this_fit += 1
         if first or time.monotonic() - self._events.flushed_at > FLUSH_SECONDS:
@@ -382,7 +421,9 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             model = plan.value(values, ratio.format(scope="model"))
         shown = _tags.shown_layers(layers, medians, model)
         where = os.path.relpath(self.run_dir, os.path.dirname(os.path.dirname(self.run_dir)))
-        layout = _tags.layout(layers, shown, chosen_by=f"chosen by run {where}")
+        layout = _tags.layout(
+            layers, shown, chosen_by=f"chosen by run {where}", edge_of_stability=self._edge is not None
+        )
         self._events.add(_events.proto_event(custom_scalar.pb(layout), 0))
         described = "; ".join(f"{layer.scope}: Keras' {layer.keras_path}" for layer in self._structure.layers)
         order = _events.text_value(
