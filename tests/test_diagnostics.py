@@ -1058,6 +1058,9 @@ def test_under_mirrored_strategy_it_logs_once(tmp_path):
     events = read_run(tmp_path / "logs" / "optimizer")
     assert _steps(events, "effective_lr_log10/model/median") == [2, 4, 6, 8]
     assert len(os.listdir(tmp_path / "logs" / "optimizer")) == 1
+    # two replicas: two batch sizes, and so the noise scale, beside the clipping advisor
+    assert _steps(events, "clipping/model/global_norm_log10") == [2, 4, 6, 8]
+    assert _steps(events, "noise_scale/model/b_simple_in_small_batches") == [2, 4, 6, 8]
 
 
 @tensorflow_only
@@ -1278,5 +1281,24 @@ def test_an_underflowed_second_moment_is_named_with_its_step(tmp_path):
         if name == "keras":
             assert float(model.trainable_variables[0].numpy()[0, 0]) < 0  # steps of about 0.5 (lr / eps)
     assert len(said["keras"]) == 1
-    assert "at step 2 (sequential/dense/kernel: 1 elements of float16)" in said["keras"][0]
+    assert re.search(
+        r"at step 2 \(0_dense/kernel \(Keras' [\w/]+\): 1 elements of float16\)", said["keras"][0]
+    )
     assert said["ours"] == []
+
+
+@tensorflow_only
+def test_the_noise_scale_under_gradient_accumulation_is_the_records(tmp_path):
+    """Micro-batches of 16 accumulated in pairs: the optimizer sees two batch sizes, and the
+    callback writes the record's B_simple in micro-batches (the estimator itself is held to
+    NumPy in tests/test_gradient_record.py); without accumulation there is none."""
+    model = _model(ko.SGD(0.01, gradient_accumulation_steps=2))
+    callback = OptimizerDiagnostics(tmp_path, every_n_steps=2, histogram_every_n_steps=None)
+    _fit(model, [callback], epochs=4)
+    events = read_run(tmp_path / "optimizer")
+    want = model.optimizer.gradient_record.noise_scale(1)
+    assert want is not None
+    assert last(events, "noise_scale/model/b_simple_in_small_batches") == pytest.approx(want, rel=1e-5)
+    plain = _model(ko.SGD(0.01))
+    _fit(plain, [OptimizerDiagnostics(tmp_path / "plain", every_n_steps=2)], epochs=1)
+    assert not any(tag.startswith("noise_scale/") for tag in read_run(tmp_path / "plain" / "optimizer"))

@@ -164,8 +164,9 @@ def clipping_figures(values, n_variables: int) -> dict:
     read off the record's histogram to within one bin, 0.025 in log10), "clipped_share"
     (the share of update steps clipping changed), "suggested" (a global_clipnorm at the
     running p90, as the tuning playbook prescribes), "norms" (each variable's norm, by
-    its index in the optimizer), and "noise" (B_simple in micro-batches,
-    tr(Sigma) / (b |G|^2), under gradient accumulation; absent before an estimate)."""
+    its index in the optimizer), and "noise" (B_simple in small batches b,
+    tr(Sigma) / (b |G|^2): b the micro-batch under gradient accumulation, one replica's
+    batch under a strategy; absent before an estimate)."""
     import numpy as np
 
     from keras_optlab.optimizers._record import LOW, WIDTH

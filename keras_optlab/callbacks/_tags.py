@@ -73,7 +73,9 @@ CLIPPING = {
     "suggested": "clipping/model/suggested_global_clipnorm",
 }
 CLIPPING_VARIABLE = "clipping/var/{scope}/norm_log10"
-NOISE_SCALE = "noise_scale/model/b_simple_in_micro_batches"
+#: B_simple in units of the smaller batch b the optimizer sees: the micro-batch under
+#: gradient accumulation, one replica's batch under a tf.distribute strategy.
+NOISE_SCALE = "noise_scale/model/b_simple_in_small_batches"
 
 
 def rule_term_tag(name: str) -> str:
@@ -246,7 +248,7 @@ def layout(layers, shown, chosen_by: str = "", edge_of_stability: bool = False):
                 "^clipping/(model)/suggested_global_clipnorm$",
             ),
             lines(
-                "Gradient noise scale B_simple in micro-batches, whole model (gradient accumulation)",
+                "Gradient noise scale B_simple in small batches (micro-batch or replica batch), whole model",
                 "^noise_scale/(model)/.*$",
             ),
         ],

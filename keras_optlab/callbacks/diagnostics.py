@@ -478,11 +478,11 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
 
     def _report_underflow(self, step, counts):
         """Warns, once per variable and `fit`, where the squared-gradient cache underflowed."""
-        bad = [
-            (v.path, int(n), keras.backend.standardize_dtype(v.dtype))
-            for v, n in zip(self._structure.variables, counts, strict=False)
-            if n and v.path not in self._underflowed
-        ]
+        structure, bad = self._structure, []
+        for v, scope, n in zip(structure.variables, structure.variable_scopes, counts, strict=False):
+            name = scope if scope == v.path else f"{scope} (Keras' {v.path})"
+            if n and name not in self._underflowed:
+                bad.append((name, int(n), keras.backend.standardize_dtype(v.dtype)))
         if not bad:
             return
         self._underflowed.update(path for path, _, _ in bad)
@@ -968,11 +968,11 @@ def _variables_read(model, optimizer) -> list:
 
 
 def _ask_for_gradient_record(model, optimizer) -> bool:
-    """Asks a keras_optlab optimizer on TensorFlow, outside a strategy, to record its
+    """Asks a keras_optlab optimizer on TensorFlow to record its
     gradient norms (for the clipping advisor; `_record.py`); True where it does. A train
     function traced before the record was asked for would record nothing: it is made
     anew (Keras traces it again at its first call)."""
-    if not isinstance(optimizer, OptlabOptimizer) or backend() != "tensorflow" or _under_strategy(model):
+    if not isinstance(optimizer, OptlabOptimizer) or backend() != "tensorflow":
         return False
     if optimizer.gradient_record is None:
         traced = optimizer.built  # a train step ran (and was traced) without recording
