@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import keras_optlab as ko
 from keras_optlab.callbacks import OptimizerDiagnostics
-from keras_optlab.callbacks._insight import drift_frameworks
+from keras_optlab.callbacks._insight import drift_conventions
 from keras_optlab.callbacks._readers import reader_for
 from keras_optlab.callbacks._tags import rule_term_tag
 from keras_optlab.optimizers import CACHE, MOMENTUM
@@ -146,7 +146,7 @@ def _expected_tags(
             tags.add(f"direction/{s}/cos_update_gradient")
             tags |= {f"direction/{s}/cos_momentum_gradient"} if momentum else set()
             tags |= {f"epsilon/{s}/share_set_by_epsilon"} if cache else set()
-            tags |= {f"convention_drift_log10/{s}/{fw}" for fw in drift_frameworks(rule)}
+            tags |= {f"convention_drift_log10/{s}/{fw}" for fw in drift_conventions(rule)}
         zero = {slot.name: np.zeros(1, "float32") for slot in rule.slots()}
         terms = rule.terms(zero, np.float32(0.1), np.float32(3.0))
         tags |= {rule_term_tag(name) for name, value in terms.items() if np.ndim(value) == 0}

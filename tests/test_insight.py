@@ -93,7 +93,7 @@ def test_no_drift_where_conventions_agree_and_none_where_no_mapping_exists():
     amsgrad.build([w])
     parts = _sums(amsgrad, _step(amsgrad, w, g), g)
     assert "drift_optax_squares" not in parts and "drift_pytorch_squares" in parts
-    assert "optax" not in _insight.drift_frameworks(amsgrad)  # no mapping: no drift tag
+    assert "optax" not in _insight.drift_conventions(amsgrad)  # no mapping: no drift tag
 
 
 def test_keras_adam_on_float16_loses_its_second_moment_and_ours_does_not():

@@ -29,6 +29,9 @@ and every figure here is exact. Written in `keras.ops`, for any backend.
 
 from __future__ import annotations
 
+import functools
+import json
+
 from keras import ops
 
 from keras_optlab.optimizers import CACHE, FRAMEWORKS, MOMENTUM
@@ -63,13 +66,21 @@ def other_conventions(rule) -> dict:
     return out
 
 
-def drift_frameworks(rule) -> list:
-    """The frameworks whose convention of `rule` makes another update than it (on a
-    random state and gradient: conventions that differ only in a setting that does not
-    act, such as how weight decay enters without weight decay, are left out) and into
-    which its state maps: those `terms` gives a drift for."""
+def drift_conventions(rule) -> dict:
+    """The other conventions `terms` gives a drift for, by framework: those whose update
+    differs from this rule's (on a random state and gradient: conventions that differ
+    only in a setting that does not act, such as how weight decay enters without weight
+    decay, are left out) and into which its state maps. Worked out once for each rule
+    and config (it runs the rules' steps eagerly: tens of milliseconds)."""
+    config = {**rule.get_config(), "learning_rate": 0.01, "name": "rule"}  # (Keras numbers each name)
+    return dict(_drift_conventions(type(rule), json.dumps(config, sort_keys=True, default=str)))
+
+
+@functools.lru_cache(maxsize=64)
+def _drift_conventions(kind, config: str) -> tuple:
     import numpy as np
 
+    rule = kind.from_config(json.loads(config))
     rng = np.random.default_rng(0)
     g = rng.normal(size=8)
     state = {slot.name: rng.uniform(0.5, 2.0, size=8) for slot in rule.slots()}  # a cache is positive
@@ -79,8 +90,8 @@ def drift_frameworks(rule) -> list:
     for framework, other in other_conventions(rule).items():
         theirs = rule.convert_state(other, state, lr)
         if theirs is not None and not np.array_equal(this, np.asarray(other.step(g, theirs, lr, t)[0])):
-            out.append(framework)
-    return out
+            out.append((framework, other))
+    return tuple(out)
 
 
 def terms(rule, others: dict, before: dict, after: dict, change, g, signed: bool, lr, t, touched) -> dict:

@@ -118,6 +118,24 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
     `fit`. On JAX the callback reads `callback.model` (which makes Keras write its
     training state back to the variables) only in a batch it logs.
 
+    What a step says beyond the rates (`insight=True`, the default; `_insight`), where the
+    step's gradient is read (one step a window), for each scope:
+    `direction/<scope>/cos_update_gradient` (cos of the weights' change and the
+    gradient), `direction/<scope>/cos_momentum_gradient` (rules with momentum),
+    `epsilon/<scope>/share_set_by_epsilon` (the share of updated elements whose
+    denominator epsilon sets), `convention_drift_log10/<scope>/<framework>` (log10
+    ||delta - delta_framework|| / ||delta||, the update the same rule in that framework's
+    convention would make on the same gradient from the same state), and for the model
+    the rule's scalar terms, `rule/model/<term>` (Adam's bias corrections); a warning
+    names the variables and the step where the squared-gradient cache underflowed. For a
+    keras_optlab optimizer on TensorFlow, the clipping advisor from the gradient norms
+    the optimizer records when the callback asks it to (`record_gradient_norms`; a train
+    step traced before is traced again): `clipping/model/global_norm_log10` (before
+    clipping), its running `..._p50_log10`, `p90`, `p99`, `clipping/model/clipped_share`,
+    `clipping/model/suggested_global_clipnorm` (10^p90), each variable's norm with
+    `per_variable`, and where the optimizer sees two batch sizes (gradient accumulation,
+    several replicas) `noise_scale/model/b_simple_in_small_batches`.
+
     Edge of stability, opt-in (TensorFlow backend): with `curvature_probe=(x, y)` (or
     `(x, y, sample_weight)`, one batch), at the first log at or after each multiple of
     `curvature_every_n_steps` (None: every log), the top eigenvalue of the Hessian of the
@@ -244,9 +262,8 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         self._carry, self._xla, self._jax = carry, xla, backend() == "jax"
         self._structure, self._variables, self._trace_points = structure, variables, trace_points
         twin = reader.twin if self.insight else None
-        self._frameworks = [] if twin is None else _insight.drift_frameworks(twin)
-        others = {} if twin is None else _insight.other_conventions(twin)
-        self._others = {fw: other for fw, other in others.items() if fw in self._frameworks}
+        self._others = {} if twin is None else _insight.drift_conventions(twin)
+        self._frameworks = list(self._others)
         self._records = self.insight and _ask_for_gradient_record(model, reader.optimizer)
         self._spe = spe
         self._one_step_window = spe == 1
@@ -968,10 +985,10 @@ def _variables_read(model, optimizer) -> list:
 
 
 def _ask_for_gradient_record(model, optimizer) -> bool:
-    """Asks a keras_optlab optimizer on TensorFlow to record its
-    gradient norms (for the clipping advisor; `_record.py`); True where it does. A train
+    """Asks a keras_optlab optimizer on TensorFlow to record its gradient norms (for the
+    clipping advisor and the noise scale; `_record.py`); True where it does. A train
     function traced before the record was asked for would record nothing: it is made
-    anew (Keras traces it again at its first call)."""
+    anew (Keras traces it again at its first call). The optimizer goes on recording."""
     if not isinstance(optimizer, OptlabOptimizer) or backend() != "tensorflow":
         return False
     if optimizer.gradient_record is None:

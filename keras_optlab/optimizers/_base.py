@@ -240,7 +240,7 @@ class OptlabOptimizer(Rule, StateAccess, keras.optimizers.Optimizer):
             if self.gradient_accumulation_steps:
                 _record.refuse_accumulation_across_replicas()
             indices = [self._get_variable_index(v) for v in trainable_variables]
-            self.gradient_record.record_received(grads, indices)
+            self.gradient_record.record_received(grads, indices, bool(self.gradient_accumulation_steps))
         super()._backend_apply_gradients(grads, trainable_variables)
 
     def _all_reduce_sum_gradients(self, grads_and_vars):
@@ -253,7 +253,9 @@ class OptlabOptimizer(Rule, StateAccess, keras.optimizers.Optimizer):
 
     def _clip_gradients(self, grads):
         if self.gradient_record is not None:
-            self.gradient_record.record_clipped(grads, self.clipnorm, self.global_clipnorm, self.clipvalue)
+            accumulating = bool(self.gradient_accumulation_steps)
+            record = self.gradient_record
+            record.record_clipped(grads, self.clipnorm, self.global_clipnorm, self.clipvalue, accumulating)
         return super()._clip_gradients(grads)
 
     def update_step(self, gradient, variable, learning_rate):

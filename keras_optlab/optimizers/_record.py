@@ -99,8 +99,11 @@ class GradientRecord:
             self.noise_trace = variable(0.0, "gradient_noise_trace")
             self.noise_weight = variable(0.0, "gradient_noise_weight")
 
-    def record_received(self, grads, indices):
-        """Each variable's gradient norm, as `apply` received it."""
+    def record_received(self, grads, indices, accumulating: bool = False):
+        """Each variable's gradient norm, as `apply` received it; and, where the optimizer
+        sees two batch sizes (`accumulating` micro-batches, or several replicas), the sum
+        of the squared norms of the window's micro-batches, for the noise scale (else
+        nothing more: a step without two batch sizes has no noise scale to estimate)."""
         import tensorflow as tf
 
         if tf.distribute.get_strategy() is not self.strategy:
@@ -116,10 +119,11 @@ class GradientRecord:
         # The replica's own mean gradient is `replicas` times what it received: the loss
         # it differentiates is scaled by 1 / replicas, so that the all-reduce's sum is the
         # mean gradient of the global batch (see the module's docstring).
-        self.window_squares.assign_add(tf.reduce_sum(squares) * float(_replicas() ** 2))
-        self.window_count.assign_add(1.0)
+        if accumulating or _replicas() > 1:
+            self.window_squares.assign_add(tf.reduce_sum(squares) * float(_replicas() ** 2))
+            self.window_count.assign_add(1.0)
 
-    def record_clipped(self, grads, clipnorm, global_clipnorm, clipvalue):
+    def record_clipped(self, grads, clipnorm, global_clipnorm, clipvalue, accumulating: bool = False):
         """The global norm of the gradients clipping sees, and whether it changes them."""
         import tensorflow as tf
 
@@ -142,7 +146,7 @@ class GradientRecord:
         self.steps.assign_add(1.0)
         self.clipped.assign_add(tf.cast(clipped, tf.float32))
         self.histogram.assign(tf.tensor_scatter_nd_add(self.histogram.read_value(), [[index]], [1.0]))
-        if _replicas() == 1:
+        if accumulating and _replicas() == 1:
             self._noise(tf.square(global_norm), 1)
 
     def record_reduced(self, grads):
