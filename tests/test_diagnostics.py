@@ -183,6 +183,9 @@ class _StepRecorder(keras.callbacks.Callback):
             self.state[t] = [
                 {k: _np(s) for k, s in inner.state(v).items()} for v in model.trainable_variables
             ]
+        elif isinstance(inner, keras.optimizers.Adam):  # Keras' own slots, read where Keras keeps them
+            index = [inner._get_variable_index(v) for v in model.trainable_variables]
+            self.state[t] = [{"m": _np(inner._momentums[i]), "v": _np(inner._velocities[i])} for i in index]
 
 
 # ------------------------------------------------------------- what it writes
@@ -1184,12 +1187,16 @@ def test_a_compare_lines_up_its_runs_in_tags_dashboard_and_hparams(tmp_path, cap
 
 
 # ------------------------------------------- what a step says beyond the rates
-def test_direction_epsilon_drift_and_bias_corrections_against_numpy(tmp_path):
-    """Adam with Keras' epsilon (1e-7) in the paper's form, logged at step 2: each figure
-    from the batch's gradient (`_gradient`), the slots before and after the step and the
-    weights' change, put through the formulas of the README in NumPy."""
+@pytest.mark.parametrize("keras_adam", [False, True], ids=["ko.Adam", "keras.Adam"])
+def test_direction_epsilon_drift_and_bias_corrections_against_numpy(keras_adam, tmp_path):
+    """Adam with Keras' epsilon (1e-7), logged at step 2: each figure from the batch's
+    gradient (`_gradient`), the slots before and after the step and the weights' change,
+    put through the formulas of the README in NumPy. keras_optlab's in the paper's form,
+    whose drift is from Keras' epsilon hat eps / sqrt(1 - b2^t); Keras' own, with epsilon
+    hat, whose drift is from PyTorch's and Optax's paper form at their epsilon, 1e-8."""
     lr, eps, b1, b2 = 0.01, 1e-7, 0.9, 0.999
-    model, recorder = _model(ko.Adam(lr, epsilon=eps)), _StepRecorder()
+    optimizer = keras.optimizers.Adam(lr, epsilon=eps) if keras_adam else ko.Adam(lr, epsilon=eps)
+    model, recorder = _model(optimizer), _StepRecorder()
     callback = OptimizerDiagnostics(tmp_path, every_n_steps=2, histogram_every_n_steps=None)
     _fit(model, [recorder, callback], epochs=1)
     events, t = read_run(tmp_path / "optimizer"), 2
@@ -1215,16 +1222,20 @@ def test_direction_epsilon_drift_and_bias_corrections_against_numpy(tmp_path):
         assert events[f"direction/{scope}/cos_momentum_gradient"][t] == pytest.approx(
             cos(at["m"], at["g"]), abs=1e-4
         )
+        epsilon_hat = eps / np.sqrt(1 - b2**t)  # Keras' epsilon hat
         root = np.sqrt(at["v"] / (1 - b2**t))
-        share = np.mean(eps >= root[at["v"] != 0])
+        share = np.mean((epsilon_hat if keras_adam else eps) >= root[at["v"] != 0])
         assert events[f"epsilon/{scope}/share_set_by_epsilon"][t] == pytest.approx(share)
-        # Keras' convention: epsilon hat, eps / sqrt(1 - b2^t), from the same m0, v0 and g
+        # the other convention's update from the same m0, v0 and g
         m_hat = (b1 * at["m0"] + (1 - b1) * at["g"]) / (1 - b1**t)
         v_hat = (b2 * at["v0"] + (1 - b2) * at["g"] ** 2) / (1 - b2**t)
-        this = -lr * m_hat / (np.sqrt(v_hat) + eps)
-        keras_ = -lr * m_hat / (np.sqrt(v_hat) + eps / np.sqrt(1 - b2**t))
-        drift = np.log10(np.linalg.norm(this - keras_) / np.linalg.norm(this))
-        assert events[f"convention_drift_log10/{scope}/keras"][t] == pytest.approx(drift, abs=2e-3)
+        paper = -lr * m_hat / (np.sqrt(v_hat) + (1e-8 if keras_adam else eps))
+        hat = -lr * m_hat / (np.sqrt(v_hat) + epsilon_hat)
+        this, other = (hat, paper) if keras_adam else (paper, hat)
+        drift = np.log10(np.linalg.norm(this - other) / np.linalg.norm(this))
+        for framework in ("pytorch", "optax") if keras_adam else ("keras",):
+            tag = f"convention_drift_log10/{scope}/{framework}"
+            assert events[tag][t] == pytest.approx(drift, abs=2e-3)
     assert events["rule/model/1 ÷ (1 - beta_1^t)"][t] == pytest.approx(1 / (1 - b1**t), rel=1e-6)
     assert events["rule/model/1 ÷ (1 - beta_2^t)"][t] == pytest.approx(1 / (1 - b2**t), rel=1e-4)  # float32
 

@@ -81,10 +81,10 @@ def _drift_conventions(kind, config: str) -> tuple:
     import numpy as np
 
     rule = kind.from_config(json.loads(config))
-    rng = np.random.default_rng(0)
-    g = rng.normal(size=8)
-    state = {slot.name: rng.uniform(0.5, 2.0, size=8) for slot in rule.slots()}  # a cache is positive
-    lr, t = np.float64(0.1), np.float64(3.0)
+    rng = np.random.default_rng(0)  # float32: every backend computes in it (JAX has no float64 by default)
+    g = rng.normal(size=8).astype("float32")
+    state = {slot.name: rng.uniform(0.5, 2.0, size=8).astype("float32") for slot in rule.slots()}
+    lr, t = np.float32(0.1), np.float32(3.0)  # (a cache is positive: 0.5 to 2)
     this = np.asarray(rule.step(g, state, lr, t)[0])
     out = []
     for framework, other in other_conventions(rule).items():
