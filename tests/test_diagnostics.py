@@ -147,9 +147,10 @@ def _expected_tags(
             tags |= {f"direction/{s}/cos_momentum_gradient"} if momentum else set()
             tags |= {f"epsilon/{s}/share_set_by_epsilon"} if cache else set()
             tags |= {f"convention_drift_log10/{s}/{fw}" for fw in drift_conventions(rule)}
-        zero = {slot.name: np.zeros(1, "float32") for slot in rule.slots()}
-        terms = rule.terms(zero, np.float32(0.1), np.float32(3.0))
-        tags |= {rule_term_tag(name) for name, value in terms.items() if np.ndim(value) == 0}
+        tensor = keras.ops.convert_to_tensor
+        zero = {slot.name: tensor(np.zeros(1), "float32") for slot in rule.slots()}
+        terms = rule.terms(zero, tensor(0.1, "float32"), tensor(3.0, "float32"))
+        tags |= {rule_term_tag(name) for name, value in terms.items() if len(keras.ops.shape(value)) == 0}
     if record:
         tags |= {
             f"clipping/model/{name}"

@@ -81,15 +81,21 @@ def _drift_conventions(kind, config: str) -> tuple:
     import numpy as np
 
     rule = kind.from_config(json.loads(config))
-    rng = np.random.default_rng(0)  # float32: every backend computes in it (JAX has no float64 by default)
-    g = rng.normal(size=8).astype("float32")
-    state = {slot.name: rng.uniform(0.5, 2.0, size=8).astype("float32") for slot in rule.slots()}
-    lr, t = np.float32(0.1), np.float32(3.0)  # (a cache is positive: 0.5 to 2)
-    this = np.asarray(rule.step(g, state, lr, t)[0])
+    # Backend tensors of float32 (JAX has no float64 by default; NumPy arrays do not mix with
+    # PyTorch's tensors); a cache is positive, 0.5 to 2.
+    rng = np.random.default_rng(0)
+    g = ops.convert_to_tensor(rng.normal(size=8), "float32")
+    state = {
+        slot.name: ops.convert_to_tensor(rng.uniform(0.5, 2.0, size=8), "float32") for slot in rule.slots()
+    }
+    lr, t = ops.convert_to_tensor(0.1, "float32"), ops.convert_to_tensor(3.0, "float32")
+    this = ops.convert_to_numpy(rule.step(g, state, lr, t)[0])
     out = []
     for framework, other in other_conventions(rule).items():
         theirs = rule.convert_state(other, state, lr)
-        if theirs is not None and not np.array_equal(this, np.asarray(other.step(g, theirs, lr, t)[0])):
+        if theirs is not None and not np.array_equal(
+            this, ops.convert_to_numpy(other.step(g, theirs, lr, t)[0])
+        ):
             out.append((framework, other))
     return tuple(out)
 
