@@ -1,4 +1,4 @@
-"""What a step says beyond the rates: direction, epsilon's hold, and the other conventions.
+"""What a step says beyond the rates: direction, epsilon's share, the other conventions.
 
 `terms` takes one step as the diagnostics see it (the rule, the slots before and after
 it, the weights' change, the gradient recovered from the slots, the learning rate and
@@ -9,14 +9,13 @@ model, a layer, a variable: `_stats` sums them by blocks) give that scope's figu
 - direction: cos(update, gradient) = sum(dw g) / sqrt(sum(dw^2) sum(g^2)) (dw the
   weights' change over the step: about -1 for plain SGD, whose update opposes the
   gradient), and cos(momentum, gradient) for a rule with a momentum slot;
-- epsilon's hold: the share of updated elements (`touched`) whose denominator is set
+- epsilon's share: the share of updated elements (`touched`) whose denominator is set
   by epsilon rather than by the gradients' history (epsilon's part >= the history's
   root, `Rule.denominator`);
 - convention drift: ||delta_this - delta_other|| / ||delta_this|| (log10, at least
-  `DRIFT_FLOOR`) for the update the
-  same rule would make in each other convention on this step's gradient, from this
-  state expressed in that convention's terms (`Rule.convert_state`; a framework into
-  which the state has no mapping is left out);
+  `DRIFT_FLOOR`), delta_other the update the same rule would make in another
+  framework's convention on this step's gradient, from this state expressed in that
+  convention's terms (`Rule.convert_state`; `drift_conventions` says which frameworks);
 - underflow: elements whose gradient is not zero but whose squared-gradient cache is
   exactly 0 in the dtype the rule computes in (the second moment underflowed: Keras'
   own Adam on a float16 variable), counted per variable for a warning.
