@@ -1083,14 +1083,14 @@ def test_of_several_workers_only_the_chief_writes(cluster, task_type, task_id, w
 
     import tensorflow as tf
 
-    from keras_optlab.callbacks.diagnostics import _is_chief
+    from keras_optlab.callbacks._training import is_chief
 
     resolver = None
     if cluster is not None:
         resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
             tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id
         )
-    assert _is_chief(SimpleNamespace(cluster_resolver=resolver)) is writes
+    assert is_chief(SimpleNamespace(cluster_resolver=resolver)) is writes
 
 
 @tensorflow_only

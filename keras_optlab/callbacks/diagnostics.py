@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import contextlib
-import numbers
 import os
 import time
 import warnings
 import weakref
-from collections.abc import Iterable
 
 import keras
 import numpy as np
 from keras import ops
 
 from keras_optlab._paths import why_unwritable
-from keras_optlab.callbacks import _edge_of_stability, _events, _insight, _scopes, _stats, _tags
+from keras_optlab.callbacks import (
+    _arguments,
+    _buffers,
+    _edge_of_stability,
+    _events,
+    _insight,
+    _scopes,
+    _stats,
+    _tags,
+    _training,
+)
 from keras_optlab.callbacks._compiled import Compiled, backend, to_numpy
-from keras_optlab.callbacks._readers import reader_for, unwrap
-from keras_optlab.optimizers import OptlabOptimizer
+from keras_optlab.callbacks._readers import reader_for
 from keras_optlab.optimizers._validation import check_bool, check_float, check_int
 
 #: How often the event file is written and flushed (and checked), besides the first log and the end of a fit.
@@ -173,7 +180,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         super().__init__()
         if not isinstance(log_dir, (str, os.PathLike)):
             raise TypeError(f"`log_dir` must be a path. Received: log_dir={log_dir!r}")
-        run_name = _check_run_name(run_name)
+        run_name = _arguments.check_run_name(run_name)
         self.log_dir = os.fspath(log_dir)
         self.every_n_steps = check_int("every_n_steps", every_n_steps, 1)
         self.histogram_every_n_steps = check_int(
@@ -181,7 +188,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         )
         self.run_name = run_name
         self.threshold_ratio = check_float("threshold_ratio", threshold_ratio, "(0, inf)")
-        self.traces = _check_traces(traces)
+        self.traces = _arguments.check_traces(traces)
         self.per_variable = check_bool("per_variable", per_variable)
         self.stop_on_nonfinite = check_bool("stop_on_nonfinite", stop_on_nonfinite)
         self.hparams = check_bool("hparams", hparams)
@@ -238,7 +245,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             )
         variables = list(model.trainable_variables)
         structure = _scopes.structure(model, variables)
-        trace_points = _resolve_traces(self.traces, structure)
+        trace_points = _arguments.resolve_traces(self.traces, structure)
         spe = int(getattr(model, "steps_per_execution", 1) or 1)
 
         if reader.note:
@@ -248,13 +255,13 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         self._run, self._reader = run, reader
         # A callback that gave up in an earlier `fit` tries again.
         self._failed = False
-        self._active = _is_chief(getattr(model, "distribute_strategy", None))
+        self._active = _training.is_chief(getattr(model, "distribute_strategy", None))
         accumulation = getattr(reader.optimizer, "gradient_accumulation_steps", None)
         # Where every batch logs, each log's call also copies the state for the next one.
         carry = self.every_n_steps <= spe and not accumulation
         # XLA, on TensorFlow, where every step logs: its compilation (seconds) pays back over
         # thousands of logs, each about twice as fast as in a graph (`bench/callback_overhead.py`).
-        xla = carry and backend() == "tensorflow" and not _under_strategy(model)
+        xla = carry and backend() == "tensorflow" and not _training.under_strategy(model)
         made_for = ([id(v) for v in variables], id(reader.optimizer), spe, carry, xla, self.insight)
         if made_for != self._made_for:  # other variables, optimizer or window
             self._compiled, self._buffers, self._plan, self._histogram_tags = {}, None, None, []
@@ -264,11 +271,11 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         twin = reader.twin if self.insight else None
         self._others = {} if twin is None else _insight.drift_conventions(twin)
         self._frameworks = list(self._others)
-        self._records = self.insight and _ask_for_gradient_record(model, reader.optimizer)
+        self._records = self.insight and _training.ask_for_gradient_record(model, reader.optimizer)
         self._spe = spe
         self._one_step_window = spe == 1
-        self._reads = _variables_read(model, reader.optimizer)
-        self._lr_is_callable = _lr_is_callable(reader.optimizer)
+        self._reads = _training.variables_read(model, reader.optimizer)
+        self._lr_is_callable = _training.lr_is_callable(reader.optimizer)
         start = self._iterations()
         self._start = self._mark = self._histogram_mark = start
         if self._edge is not None:
@@ -342,7 +349,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         if not carried:
             self._known, self._batches_since = self._iterations(), 0
         now = self._known
-        after = _iterations_after_batch(optimizer, now, self._spe)
+        after = _training.iterations_after_batch(optimizer, now, self._spe)
         if after // every <= self._mark // every:
             return
         if not carried:
@@ -450,7 +457,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         if self.hparams:
             from tensorboard.plugins.hparams import api as hp
 
-            config = _hparams(self.model.optimizer)
+            config = _training.hparams(self.model.optimizer)
             self._events.add(_events.proto_event(hp.hparams_pb(config, trial_id=self._run), 0))
 
     def _close_events(self):
@@ -541,7 +548,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             current = self._current(layout)
             keep_slots = self._reader.twin is not None and self._one_step_window
             has_cache = self._reader.cache_slot is not None
-            self._buffers = _Buffers(layout, current, keep_slots, has_cache, self._mark)
+            self._buffers = _buffers.Buffers(layout, current, keep_slots, has_cache, self._mark)
         if kind not in self._compiled:
             fn = {"snapshot": self._snapshot, "stats": self._statistics, "histograms": self._histograms}[kind]
             buffers = self._buffers.variables()
@@ -585,7 +592,9 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         lr = ops.convert_to_tensor(self._buffers.lr)
         if not self._one_step_window:
             optimizer = self._reader.optimizer
-            lr = _learning_rate_of_last_step(optimizer, ops.convert_to_tensor(optimizer.iterations), lr)
+            lr = _training.learning_rate_of_last_step(
+                optimizer, ops.convert_to_tensor(optimizer.iterations), lr
+            )
         return _stats.f32(lr)
 
     def _rule(self, dtype, method, *args):
@@ -773,7 +782,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             if key in stats
         ]
         offsets = {kind: k * n_scopes for k, (kind, _) in enumerate(gates)}
-        plan, vector = _Plan(), []
+        plan, vector = _buffers.Plan(), []
         for quantity in (*_tags.QUANTITIES, *_tags.INSIGHT):
             if quantity.key not in stats:
                 continue
@@ -864,276 +873,3 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             for name, index in self._trace_points.get(id(variable), []):
                 out.append((index, name, i))
         return out
-
-
-class _Buffers:
-    """The callback's own variables, which the compiled calls read and assign: the
-    snapshot (the weights, and the slots a gradient is read from, before the step), the
-    learning rate of that step, the caches of the previous log, and three counts:
-    `iterations` before the step, the step of the previous log, the last step logged.
-    Not the model's, not the optimizer's: saved models and `optimizer.variables` stay as
-    they are. Each is one flat variable (a dtype), so that a call assigns a handful of
-    variables however many the model has: each assignment costs a compiled call about
-    as much as the arithmetic of a small model's statistics."""
-
-    STEP_BEFORE, PREVIOUS_STEP, MARK = 0, 1, 2
-
-    def __init__(self, layout, current, keep_slots, has_cache, mark):
-        def variable(value, name):
-            return keras.Variable(value, trainable=False, name=f"optimizer_diagnostics_{name}")
-
-        self.layout = layout
-        self.names, self.dtypes, self.snapshot, self.caches = {}, {}, {}, {}
-        for dtype, entry in current.items():
-            names = [name for name in entry if name == "weight" or keep_slots]
-            self.names[dtype] = names
-            self.dtypes[dtype] = {name: keras.backend.standardize_dtype(entry[name].dtype) for name in names}
-            wide = max(self.dtypes[dtype].values(), key=lambda d: np.dtype(d).itemsize)
-            size = layout.size(dtype)
-            self.snapshot[dtype] = variable(np.zeros((len(names), size), wide), f"snapshot_{dtype}")
-            if has_cache:
-                self.caches[dtype] = variable(np.zeros(size, "float32"), f"caches_{dtype}")
-        self.lr = variable(np.float32(0), "lr")
-        self.steps = variable(np.array([0, 0, mark], "int32"), "steps")
-
-    def variables(self) -> list:
-        return [*self.snapshot.values(), *self.caches.values(), self.lr, self.steps]
-
-    def read_before(self) -> dict:
-        """{dtype: {name: flat array before the step}}."""
-        out = {}
-        for dtype, buffer in self.snapshot.items():
-            flat = ops.convert_to_tensor(buffer)
-            out[dtype] = {
-                name: ops.cast(flat[k], self.dtypes[dtype][name]) for k, name in enumerate(self.names[dtype])
-            }
-        return out
-
-    def write_before(self, current) -> None:
-        for dtype, buffer in self.snapshot.items():
-            rows = [ops.cast(current[dtype][name], buffer.dtype) for name in self.names[dtype]]
-            buffer.assign(ops.stack(rows))
-
-    def write_caches(self, caches, where) -> None:
-        for dtype, buffer in self.caches.items():
-            new = _stats.f32(caches[dtype])
-            buffer.assign(ops.where(where, new, ops.convert_to_tensor(buffer)))
-
-    def set_mark(self, step: int) -> None:
-        """Sets the last step logged (from the host, at the start of a `fit`)."""
-        steps = to_numpy(self.steps).copy()
-        steps[self.MARK] = step
-        self.steps.assign(steps)
-
-
-class _Plan:
-    """The tags of the scalars vector a log step returns, which of them to write, and
-    their encoding: where every tag is written (as in all but a run's first logs), the
-    `Summary` is a copy of a template with the values' bytes put in place."""
-
-    def __init__(self):
-        self.tags, self._gates = [], []
-        self.encoder = _events.ScalarEncoder()
-
-    def add(self, tag, gate, gate_offset, row):
-        self.tags.append(tag)
-        self._gates.append((gate, None if gate_offset is None else gate_offset + row))
-
-    def finish(self):
-        n = len(self.tags)
-        self._index = {tag: i for i, tag in enumerate(self.tags)}
-        self._always = np.array([gate is None for gate, _ in self._gates], dtype=bool)
-        self._previous = np.array([gate == "previous" for gate, _ in self._gates], dtype=bool)
-        self._gate_at = np.array([-1 if at is None else n + at for _, at in self._gates], dtype=np.int64)
-        self._gated = np.flatnonzero(self._gate_at >= 0)
-        # The Summary of all tags, and where each value's four bytes go in it.
-        template, offsets = b"", []
-        for tag in self.tags:
-            template += self.encoder.prefix(tag)
-            offsets.append(len(template))
-            template += b"\0\0\0\0"
-        self._template = np.frombuffer(template, np.uint8)
-        self._offsets = (np.asarray(offsets, np.int64)[:, None] + np.arange(4)).ravel()
-
-    def encode(self, values, has_previous) -> bytes:
-        """The `Summary` bytes of the values whose gate holds (all, mostly)."""
-        n = len(self.tags)
-        holds = values[self._gate_at[self._gated]] > 0
-        if holds.all() and (has_previous or not self._previous.any()):
-            summary = self._template.copy()
-            summary[self._offsets] = np.ascontiguousarray(values[:n], dtype="<f4").view(np.uint8)
-            return summary.tobytes()
-        keep = self._always.copy()
-        keep[self._gated] = holds
-        keep |= self._previous & has_previous
-        keep = np.flatnonzero(keep)
-        return self.encoder.encode([self.tags[i] for i in keep], values[keep])
-
-    def value(self, values, tag):
-        i = self._index.get(tag)
-        return None if i is None else float(values[i])
-
-
-def _variables_read(model, optimizer) -> list:
-    """The variables the statistics read: the model's trainable ones and the optimizers'."""
-    out, seen = [], set()
-    for v in [*model.trainable_variables, *model.optimizer.variables, *optimizer.variables]:
-        if id(v) not in seen:
-            seen.add(id(v))
-            out.append(v)
-    return out
-
-
-def _ask_for_gradient_record(model, optimizer) -> bool:
-    """Asks a keras_optlab optimizer on TensorFlow to record its gradient norms (for the
-    clipping advisor and the noise scale; `_record.py`); True where it does. A train
-    function traced before the record was asked for would record nothing: it is made
-    anew (Keras traces it again at its first call). The optimizer goes on recording."""
-    if not isinstance(optimizer, OptlabOptimizer) or backend() != "tensorflow":
-        return False
-    if optimizer.gradient_record is None:
-        traced = optimizer.built  # a train step ran (and was traced) without recording
-        optimizer.record_gradient_norms()
-        if traced:
-            model.make_train_function(force=True)
-    return True
-
-
-def _lr_is_callable(optimizer) -> bool:
-    """A learning rate given as a plain callable (not a schedule, not a number)."""
-    lr = getattr(optimizer, "_learning_rate", None)
-    schedule = keras.optimizers.schedules.LearningRateSchedule
-    return callable(lr) and not isinstance(lr, (schedule, keras.Variable))
-
-
-def _under_strategy(model) -> bool:
-    if backend() != "tensorflow":
-        return False
-    import tensorflow as tf
-
-    strategy = getattr(model, "distribute_strategy", None)
-    return strategy is not None and type(strategy) is not type(tf.distribute.get_strategy())
-
-
-def _hparams(optimizer) -> dict:
-    config = {"optimizer": type(unwrap(optimizer)).__name__}
-    for key, value in unwrap(optimizer).get_config().items():
-        if isinstance(value, (bool, int, float, str)) and key != "name":
-            config[key] = value
-        elif isinstance(value, dict):  # a schedule: its class name
-            config[key] = str(value.get("class_name", value))
-    return config
-
-
-def _iterations_after_batch(optimizer, iterations, steps_per_execution) -> int:
-    """`optimizer.iterations` after a batch of `steps_per_execution` steps (at most: the
-    last execution of an epoch may be shorter). With `gradient_accumulation_steps`,
-    Keras counts an optimizer step every that many batches, from its raw counter."""
-    accumulation = getattr(optimizer, "gradient_accumulation_steps", None)
-    raw = getattr(optimizer, "_iterations", None)
-    if not accumulation or raw is None:
-        return iterations + steps_per_execution
-    return (int(to_numpy(raw)) + steps_per_execution) // accumulation
-
-
-def _learning_rate_of_last_step(optimizer, iterations, read_before):
-    """The learning rate of the last step of a window of several steps (one execution
-    under `steps_per_execution`): a schedule evaluated where Keras evaluated it for that
-    step (at the raw iteration count before it, `iterations * gradient_accumulation_steps
-    - 1`); any other learning rate cannot change inside an execution, so the value read
-    before the window."""
-    schedule = getattr(optimizer, "_learning_rate", None)
-    if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-        return read_before
-    accumulation = getattr(optimizer, "gradient_accumulation_steps", None) or 1
-    return schedule(ops.cast(iterations, "int64") * accumulation - 1)
-
-
-def _check_run_name(run_name) -> str:
-    """A relative path that stays inside `log_dir` (below it) once normalised."""
-    if not isinstance(run_name, str) or not run_name:
-        raise ValueError(f"`run_name` must be a non-empty string. Received: run_name={run_name!r}")
-    normal = os.path.normpath(run_name)
-    if (
-        os.path.isabs(run_name)
-        or os.path.splitdrive(run_name)[0]
-        or normal.startswith(("/", os.sep))
-        or normal in (os.curdir, os.pardir)
-        or normal.startswith(os.pardir + os.sep)
-    ):
-        raise ValueError(
-            "`run_name` must be a relative path that stays inside `log_dir`, a directory below it such "
-            f'as "optimizer" or "runs/adam". Received: run_name={run_name!r}'
-        )
-    return normal  # "runs/adam/" is "runs/adam": its second run is "runs/adam-2"
-
-
-def _is_index(value) -> bool:
-    """An int, a NumPy integer or another `numbers.Integral`; not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
-def _check_traces(traces):
-    """`traces` as a list of (path, tuple of Python ints); None means no traces."""
-    if traces is None:
-        return []
-    if isinstance(traces, (str, bytes, dict)) or not isinstance(traces, Iterable):
-        raise TypeError(
-            "`traces` must be a list of (variable path, index) pairs or None, e.g. "
-            f'[("dense/kernel", (0, 3))]. Received: traces={traces!r}'
-        )
-    out = []
-    for item in traces:
-        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):
-            raise ValueError(
-                "`traces` must be a list of (variable path, index) pairs, e.g. "
-                f'[("dense/kernel", (0, 3))]. Received: traces={traces!r}'
-            )
-        path, index = item
-        if _is_index(index):
-            index = (index,)
-        elif isinstance(index, (str, bytes)) or not isinstance(index, Iterable):
-            index = (index,)  # refused below, with the message about indices
-        index = tuple(index)
-        if not all(_is_index(i) for i in index):
-            raise ValueError(f"`traces` indices must be ints. Received: traces={traces!r}")
-        out.append((path, tuple(int(i) for i in index)))
-    return out
-
-
-def _resolve_traces(traces, structure):
-    """{id(variable): [(tag name, index)]}; a path may be a suffix of the variable's Keras
-    path or of its scope (`0_dense/kernel`)."""
-    points = {}
-    variables, scopes = structure.variables, structure.variable_scopes
-    for path, index in traces:
-        matches = [
-            v
-            for v, scope in zip(variables, scopes, strict=True)
-            if any(name == path or name.endswith("/" + path) for name in (v.path, scope))
-        ]
-        if len(matches) != 1:
-            raise ValueError(
-                f"`traces` names {path!r}, which matches {len(matches)} trainable variables; "
-                f"choose one of {scopes} (or their Keras paths {[v.path for v in variables]})."
-            )
-        variable = matches[0]
-        if len(index) != len(variable.shape) or any(
-            not 0 <= i < n for i, n in zip(index, variable.shape, strict=True)
-        ):
-            raise ValueError(
-                f"`traces` index {index} is out of range for {variable.path} "
-                f"of shape {tuple(variable.shape)}."
-            )
-        name = f"{structure.scope_of(variable)}[{','.join(map(str, index))}]"
-        points.setdefault(id(variable), []).append((name, index))
-    return points
-
-
-def _is_chief(strategy) -> bool:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    task_type = getattr(resolver, "task_type", None)
-    if not task_type or task_type == "chief":
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return task_type == "worker" and resolver.task_id == 0 and not has_chief
