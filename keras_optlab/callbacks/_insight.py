@@ -57,10 +57,11 @@ def other_conventions(rule) -> dict:
     # The learning rate is passed to each step: a number stands for it (a callable's
     # config cannot be deserialised).
     config = {**rule.get_config(), "learning_rate": 0.01}
+    this = type(rule).from_config(config).get_config()
     out = {}
     for framework in FRAMEWORKS:
         other = type(rule).from_config({**config, **type(rule).CONVENTIONS[framework]})
-        if other.get_config() != type(rule).from_config(config).get_config():
+        if other.get_config() != this:
             out[framework] = other
     return out
 

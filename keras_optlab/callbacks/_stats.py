@@ -190,13 +190,12 @@ def statistics(layout: Layout, arrays: dict, threshold, extra=None) -> dict:
     n = ops.convert_to_tensor(layout.n)
 
     out = {"weight_sumsq": total["weight_sumsq"]}
-    if "nonfinite" in total:  # the scopes', and each variable's for the warning that names them
+    if "nonfinite" in total:  # the scopes'
         out["nonfinite"] = total["nonfinite"]
-        column = block_sums[:, list(terms).index("nonfinite")]
-        out["nonfinite_per_variable"] = ops.matmul(ops.convert_to_tensor(layout.variable_blocks), column)
-    if "underflow" in total:
-        column = block_sums[:, list(terms).index("underflow")]
-        out["underflow_per_variable"] = ops.matmul(ops.convert_to_tensor(layout.variable_blocks), column)
+    for key in ("nonfinite", "underflow"):  # each variable's, for the warnings that name them
+        if key in total:
+            column = block_sums[:, list(terms).index(key)]
+            out[f"{key}_per_variable"] = ops.matmul(ops.convert_to_tensor(layout.variable_blocks), column)
     if extra:
         needed = ("touched", "gradient_sumsq", "momentum_sumsq")
         out["sums"] = {name: total[name] for name in [*extra, *needed] if name in total}

@@ -477,19 +477,10 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         )
 
     def _report_nonfinite(self, step, counts):
-        if not counts.any():
-            return
-        structure = self._structure
-        bad = [
-            (scope if scope == v.path else f"{scope} (Keras' {v.path})", int(n))
-            for v, scope, n in zip(structure.variables, structure.variable_scopes, counts, strict=True)
-            if n
-        ]
-        bad = [(name, n) for name, n in bad if name not in self._reported]
+        bad = self._newly_named(counts, self._reported)
         if not bad:
             return
-        self._reported.update(name for name, _ in bad)
-        where = ", ".join(f"{name}: {n} elements" for name, n in bad)
+        where = ", ".join(f"{name}: {n} elements" for name, n, _ in bad)
         action = (
             "stopping training (stop_on_nonfinite=True)" if self.stop_on_nonfinite else "training goes on"
         )
@@ -502,21 +493,32 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
 
     def _report_underflow(self, step, counts):
         """Warns, once per variable and `fit`, where the squared-gradient cache underflowed."""
-        structure, bad = self._structure, []
-        for v, scope, n in zip(structure.variables, structure.variable_scopes, counts, strict=False):
-            name = scope if scope == v.path else f"{scope} (Keras' {v.path})"
-            if n and name not in self._underflowed:
-                bad.append((name, int(n), keras.backend.standardize_dtype(v.dtype)))
+        bad = self._newly_named(counts, self._underflowed)
         if not bad:
             return
-        self._underflowed.update(path for path, _, _ in bad)
-        where = ", ".join(f"{path}: {n} elements of {dtype}" for path, n, dtype in bad)
+        where = ", ".join(
+            f"{name}: {n} elements of {keras.backend.standardize_dtype(v.dtype)}" for name, n, v in bad
+        )
         warnings.warn(
             f"The squared-gradient cache underflowed at step {step} ({where}): the gradient is not zero but "
             "its square is 0 in the dtype the optimizer keeps its state in, so the step divides by epsilon "
             "alone. Keep the optimizer's state in float32 (a keras_optlab optimizer does) or raise epsilon.",
             stacklevel=1,
         )
+
+    def _newly_named(self, counts, reported: set) -> list:
+        """(name, count, variable) of each variable with a count that is not in `reported`
+        yet (and is now): its scope, and Keras' path where that differs. `counts`, one a
+        variable, may be empty (a rule without that count)."""
+        if not len(counts) or not counts.any():
+            return []
+        structure, out = self._structure, []
+        for v, scope, n in zip(structure.variables, structure.variable_scopes, counts, strict=True):
+            name = scope if scope == v.path else f"{scope} (Keras' {v.path})"
+            if n and name not in reported:
+                out.append((name, int(n), v))
+        reported.update(name for name, _, _ in out)
+        return out
 
     def _run_for(self, optimizer) -> str:
         """The run of `optimizer`: its own if it has written one, else the next free name."""
