@@ -8,7 +8,10 @@ A rule is pure and element-wise. It names its slots (`slots`) and computes, in
   by slot name), the learning rate `lr` and the step `t` of this step (counting
   from 1), all at the dtype the update computes in. It assigns nothing: drivers
   read the state, call it, and write what it returns (`_base.py` holds the
-  reference driver, `_paths.py` says which other drivers exist).
+  reference driver, `_paths.py` says which other drivers exist). A descent sign
+  goes on the learning rate, `-lr * g` (or `rate(state, -lr, t) * g`), not on the
+  product, `-(lr * g)`: the same numbers, bit for bit, and in a TensorFlow graph no
+  operation over every element to negate (one a variable, each step).
 - `rate(state, lr, t)`: the effective learning rate, the factor that multiplies
   the rule's direction, from the slots after step `t` taken at `lr`.
 - `gradient(before, after, change, lr, t)`: the gradient of step `t`, recovered

@@ -84,7 +84,7 @@ class Adagrad(OptlabOptimizer):
 
     def step(self, g, state, lr, t):
         cache = state["cache"] + ops.square(g)  # c += g^2
-        return -(self.rate({"cache": cache}, lr, t) * g), {"cache": cache}  # w -= rate * g
+        return self.rate({"cache": cache}, -lr, t) * g, {"cache": cache}  # w -= rate * g
 
     def rate(self, state, lr, t):
         """eta' / (sqrt(c) + eps), eps inside the root if asked."""

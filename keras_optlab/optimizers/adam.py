@@ -108,7 +108,7 @@ class Adam(OptlabOptimizer):
         correction_1, correction_2 = self._corrections(t, g.dtype)  # bias corrections
         if self.amsgrad:  # running maximum of v (raw) or of v_hat (corrected)
             new["v_max"] = self.maximum(state["v_max"], v if self.amsgrad_max == "raw" else v * correction_2)
-        return -(self.rate(new, lr, t) * (m * correction_1)), new  # w -= rate * m_hat
+        return self.rate(new, -lr, t) * (m * correction_1), new  # w -= rate * m_hat
 
     def rate(self, state, lr, t):
         root, eps_hat = self.denominator(state, lr, t)

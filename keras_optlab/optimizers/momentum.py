@@ -67,7 +67,7 @@ class Momentum(OptlabOptimizer):
             v = mu * state["velocity"] - lr * g  # v = mu*v - lr*g
             return v, {"velocity": v}  # w += v
         v = mu * state["velocity"] + g  # v = mu*v + g
-        return -(lr * v), {"velocity": v}  # w -= lr*v
+        return -lr * v, {"velocity": v}  # w -= lr*v
 
     def gradient(self, before, after, change, lr, t):
         v0, v1 = before["velocity"], after["velocity"]

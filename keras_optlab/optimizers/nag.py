@@ -56,7 +56,7 @@ class NAG(Momentum):
             v = mu * state["velocity"] - lr * g  # v = mu*v - lr*g
             return mu * v - lr * g, {"velocity": v}  # u += mu*v - lr*g
         v = mu * state["velocity"] + g  # v = mu*v + g
-        return -(lr * (g + mu * v)), {"velocity": v}  # u -= lr*(g + mu*v)
+        return -lr * (g + mu * v), {"velocity": v}  # u -= lr*(g + mu*v)
 
     def stability_limit(self):
         return (2 + 2 * self.momentum) / (1 + 2 * self.momentum)  # lr * lambda < (2 + 2mu) / (1 + 2mu)

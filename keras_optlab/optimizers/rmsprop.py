@@ -94,13 +94,13 @@ class RMSProp(OptlabOptimizer):
             new["mean_gradient"] = rho * state["mean_gradient"] + (1 - rho) * g  # a = rho*a + (1-rho)*g
         denominator = self._denominator(new)
         if self.momentum == 0:
-            return -(lr / denominator * g), new  # w -= r*g
+            return -lr / denominator * g, new  # w -= r*g
         mu = self.hyper(self.momentum, g.dtype)
         if self.lr_in_momentum:
             new["momentum"] = mu * state["momentum"] + lr / denominator * g  # b = mu*b + r*g
             return -new["momentum"], new  # w -= b
         new["momentum"] = mu * state["momentum"] + g / denominator  # b = mu*b + g/denominator
-        return -(lr * new["momentum"]), new  # w -= lr*b
+        return -lr * new["momentum"], new  # w -= lr*b
 
     def rate(self, state, lr, t):
         return lr / self._denominator(state)  # r

@@ -36,7 +36,7 @@ class SGD(OptlabOptimizer):
         super().__init__(learning_rate=learning_rate, **kwargs)
 
     def step(self, g, state, lr, t):
-        return -(lr * g), {}  # w -= lr * g
+        return -lr * g, {}  # w -= lr * g
 
     def gradient(self, before, after, change, lr, t):
         return None if change is None else -change / lr  # the change is -lr * g
