@@ -13,6 +13,12 @@ included, whose cost is reported apart. The figure is the median of the paired r
 with / without, and a 95% interval, for the default interval (every 100 steps, histograms every
 1000), for logging every step, and for every step with `insight=False` (what a step says beyond
 the rates left out).
+
+`--floors` adds two callbacks that compute nothing, to show what any design that reads the
+state in a call of its own after each step pays: one calls an empty compiled function every
+step, the other one compiled function that reads every variable the statistics read (the
+weights and the optimizer's variables) and sums each (both XLA, as the every-step statistics
+are, and brought to the host as they are).
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from common import machine, median_interval, paired, write_json
 
 import keras_optlab as ko
 from keras_optlab.callbacks import OptimizerDiagnostics
+from keras_optlab.callbacks._compiled import Compiled, to_numpy
+from keras_optlab.callbacks._training import variables_read
 from keras_optlab.lab import data, training
 from tests.tb import read_run
 
@@ -42,6 +50,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--optimizer", choices=["keras_optlab", "keras"], default="keras_optlab")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--floors", action="store_true", help="also two callbacks that compute nothing")
     args = parser.parse_args(argv)
     # A callback that stopped writing would be measured doing nothing: make that fatal.
     warnings.filterwarnings("error", message="OptimizerDiagnostics")
@@ -85,7 +94,19 @@ def main(argv=None):
     print(f"{kind.__module__}.{kind.__name__} on {keras.backend.backend()}:", end=" ")
     print(f"{steps} steps a fit; {args.repeats} pairs each\n")
     print(f"{'logging':45s} {'ratio (median)':>14s} {'95% interval':>16s} {'first fit, traced':>18s}")
+    if args.floors:
+        settings["floor: empty compiled call, every step"] = Floor(reads=False)
+        settings["floor: call reading the state, every step"] = Floor(reads=True)
+        for floor in list(settings.values())[-2:]:
+            fit([floor])  # traces the floor's call
     for k, (name, kwargs) in enumerate(settings.items()):
+        if isinstance(kwargs, Floor):
+            ratios = paired(lambda c=kwargs: fit([c]), lambda: fit([], plain), args.repeats)
+            assert kwargs.calls >= (args.repeats + 1) * steps, kwargs.calls  # + the tracing fit
+            median, low, high = median_interval(ratios)
+            results["cases"][name] = {"median": median, "low": low, "high": high, "ratios": ratios}
+            print(f"{name:45s} {median:14.3f} {f'[{low:.3f}, {high:.3f}]':>16s}")
+            continue
         callback = OptimizerDiagnostics(os.path.join(logdir, f"setting-{k}"), **kwargs)
         # The first fit traces the callback's statistics, its histograms too (they are due only
         # every `histogram_every_n_steps`, so their tracing would otherwise land in a timed pair).
@@ -114,6 +135,30 @@ def main(argv=None):
     if args.json:
         write_json(args.json, results)
         print(f"\nwrote {args.json}")
+
+
+class Floor(keras.callbacks.Callback):
+    """A callback that, before each batch, runs one compiled call (XLA on TensorFlow, as
+    the every-step statistics) and brings its result to the host: an empty one, or one
+    that reads and sums every variable the statistics read. What it costs is a floor
+    for any design that reads the state in a call of its own after each step."""
+
+    def __init__(self, reads: bool):
+        super().__init__()
+        self.reads, self.calls, self._call = reads, 0, None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._call is None:
+            variables = variables_read(self.model, self.model.optimizer) if self.reads else []
+
+            def fn():
+                return sum(
+                    (keras.ops.sum(keras.ops.cast(v, "float32")) for v in variables), keras.ops.zeros(())
+                )
+
+            self._call = Compiled(fn, variables, xla=True)
+        to_numpy(self._call())
+        self.calls += 1
 
 
 if __name__ == "__main__":
