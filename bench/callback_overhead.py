@@ -94,19 +94,19 @@ def main(argv=None):
     print(f"{kind.__module__}.{kind.__name__} on {keras.backend.backend()}:", end=" ")
     print(f"{steps} steps a fit; {args.repeats} pairs each\n")
     print(f"{'logging':45s} {'ratio (median)':>14s} {'95% interval':>16s} {'first fit, traced':>18s}")
-    if args.floors:
-        settings["floor: empty compiled call, every step"] = Floor(reads=False)
-        settings["floor: call reading the state, every step"] = Floor(reads=True)
-        for floor in list(settings.values())[-2:]:
-            fit([floor])  # traces the floor's call
+
+    def report(name, ratios, traced):
+        median, low, high = median_interval(ratios)
+        results["cases"][name] = {
+            "median": median,
+            "low": low,
+            "high": high,
+            "ratios": ratios,
+            "traced": traced,
+        }
+        print(f"{name:45s} {median:14.3f} {f'[{low:.3f}, {high:.3f}]':>16s} {traced:17.1f}s")
+
     for k, (name, kwargs) in enumerate(settings.items()):
-        if isinstance(kwargs, Floor):
-            ratios = paired(lambda c=kwargs: fit([c]), lambda: fit([], plain), args.repeats)
-            assert kwargs.calls >= (args.repeats + 1) * steps, kwargs.calls  # + the tracing fit
-            median, low, high = median_interval(ratios)
-            results["cases"][name] = {"median": median, "low": low, "high": high, "ratios": ratios}
-            print(f"{name:45s} {median:14.3f} {f'[{low:.3f}, {high:.3f}]':>16s}")
-            continue
         callback = OptimizerDiagnostics(os.path.join(logdir, f"setting-{k}"), **kwargs)
         # The first fit traces the callback's statistics, its histograms too (they are due only
         # every `histogram_every_n_steps`, so their tracing would otherwise land in a timed pair).
@@ -123,15 +123,18 @@ def main(argv=None):
         assert logged >= expected - (args.repeats + 1), (
             f"the callback logged {logged} times, expected ~{expected}"
         )
-        median, low, high = median_interval(ratios)
-        results["cases"][name] = {
-            "median": median,
-            "low": low,
-            "high": high,
-            "ratios": ratios,
-            "traced": traced,
-        }
-        print(f"{name:45s} {median:14.3f} {f'[{low:.3f}, {high:.3f}]':>16s} {traced:17.1f}s")
+        report(name, ratios, traced)
+    floors = {}
+    if args.floors:
+        floors["floor: empty compiled call, every step"] = Floor(reads=False)
+        floors["floor: call reading the state, every step"] = Floor(reads=True)
+    for name, floor in floors.items():
+        start = time.perf_counter()
+        fit([floor])  # traces the floor's call
+        traced = time.perf_counter() - start
+        ratios = paired(lambda c=floor: fit([c]), lambda: fit([], plain), args.repeats)
+        assert floor.calls >= (args.repeats + 1) * steps, floor.calls  # with the tracing fit's
+        report(name, ratios, traced)
     if args.json:
         write_json(args.json, results)
         print(f"\nwrote {args.json}")
