@@ -22,14 +22,14 @@ SHAPES = [(3, 4), (5,), (), (2, 3, 2), (_paths.SMALL + 10,)]
 # The same, with small variables enough for a group that the policy compiles.
 BIG_GROUPS = [*SHAPES[:-1], (_paths.GROUP_COMPILE_MIN // 2,), (_paths.GROUP_COMPILE_MIN // 2,), SHAPES[-1]]
 STEPS = 30
-# Slot layouts, and the drivers that take groups (chosen by `fused_update`).
-LAYOUTS = {
-    "op by op": {"fused_update": False},
-    "default": {},
-    "flat slots": {"flat_slots": True},
-    "flat slots, op by op": {"flat_slots": True, "fused_update": False},
-}
-if TF:  # (elsewhere a group is never compiled: these would repeat the two above)
+# Slot layouts, and the drivers that take groups (chosen by `fused_update`); the first is the
+# reference driver. Elsewhere than on TensorFlow `fused_update` chooses nothing (every variable
+# takes the reference driver, the flat layout's groups are never compiled): there the op-by-op
+# and compiled entries would repeat the default and flat-slot runs step for step.
+LAYOUTS = {"op by op": {"fused_update": False}} if TF else {}
+LAYOUTS |= {"default": {}, "flat slots": {"flat_slots": True}}
+if TF:
+    LAYOUTS["flat slots, op by op"] = {"flat_slots": True, "fused_update": False}
     LAYOUTS["compiled groups"] = {"fused_update": "compiled_group"}
     LAYOUTS["flat slots, compiled groups"] = {"flat_slots": True, "fused_update": "compiled_group"}
 # Each optimizer with weight decay (decoupled, or coupled: the weights enter the
