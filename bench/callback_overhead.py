@@ -74,11 +74,11 @@ def main(argv=None):
         "every step, insight=False": {"every_n_steps": 1, "histogram_every_n_steps": None, "insight": False},
     }
 
-    def fit(callbacks, on=None):
+    def fit(callbacks, on=None, epochs=None):
         (on or model).fit(
             dataset.x_train,
             dataset.y_train,
-            epochs=args.epochs,
+            epochs=epochs or args.epochs,
             batch_size=32,
             verbose=0,
             callbacks=callbacks,
@@ -87,7 +87,8 @@ def main(argv=None):
     start = time.perf_counter()
     fit([], plain)  # traces the train function
     first_fit = time.perf_counter() - start
-    steps = args.epochs * -(-len(dataset.x_train) // 32)
+    steps_per_epoch = -(-len(dataset.x_train) // 32)
+    steps = args.epochs * steps_per_epoch
     results = {"machine": machine(), "backend": keras.backend.backend(), "optimizer": args.optimizer}
     results |= {"steps_per_fit": steps, "first_fit_seconds": first_fit, "cases": {}}
     kind = type(model.optimizer)
@@ -109,17 +110,20 @@ def main(argv=None):
     for k, (name, kwargs) in enumerate(settings.items()):
         callback = OptimizerDiagnostics(os.path.join(logdir, f"setting-{k}"), **kwargs)
         # The first fit traces the callback's statistics, its histograms too (they are due only
-        # every `histogram_every_n_steps`, so their tracing would otherwise land in a timed pair).
+        # every `histogram_every_n_steps`, so their tracing would otherwise land in a timed pair):
+        # it runs the epochs that pass a multiple of `every_n_steps` (more than --epochs where a
+        # fit of those is shorter than the interval).
         histograms_every = callback.histogram_every_n_steps
         if histograms_every is not None:
             callback.histogram_every_n_steps = callback.every_n_steps
+        warm_epochs = max(args.epochs, -(-callback.every_n_steps // steps_per_epoch))
         start = time.perf_counter()
-        fit([callback])
+        fit([callback], epochs=warm_epochs)
         traced = time.perf_counter() - start
         callback.histogram_every_n_steps = histograms_every
         ratios = paired(lambda c=callback: fit([c]), lambda: fit([], plain), args.repeats)
         logged = len(read_run(callback.run_dir)["update_ratio_log10/model"])
-        expected = (args.repeats + 1) * steps // callback.every_n_steps
+        expected = (args.repeats * steps + warm_epochs * steps_per_epoch) // callback.every_n_steps
         assert logged >= expected - (args.repeats + 1), (
             f"the callback logged {logged} times, expected ~{expected}"
         )
