@@ -1,7 +1,7 @@
 """The optimizer step of this checkout against that of another commit, paired in one run.
 
     python bench/compare_versions.py --base 87bf8d3 [--repeats 21] [--regimes abc]
-        [--modes graph,xla] [--optimizers SGD,Adam] [--json results.json]
+        [--modes graph,xla] [--optimizers SGD,Adam] [--json results.json] [--programs]
 
 For every cell of `optimizer_step.py`'s tables (regimes a, b, c; graph and XLA; our
 optimizer in Keras' convention, `Cls.like("keras")`, in the default slot layout and,
@@ -13,6 +13,12 @@ alternating which goes first. Each figure is the median of the paired ratios
 (`common.median_interval`). Both workers run on the same machine at the same time, so
 the machine's drift cancels in each pair. Also for the keras_optlab side of
 `optimizer_step.py --regimes ""` (end-to-end `model.fit` of the lab's MLP with Adam).
+
+`--programs` times nothing: for each XLA cell it compares the two versions' compiled
+programs (XLA's optimized HLO of the step, every instruction of every fused computation
+counted by shape and opcode, metadata aside) and prints "same program" or the counts
+that differ. Where they are the same, a ratio away from 1 in that cell is not the
+step's arithmetic.
 """
 
 from __future__ import annotations
@@ -71,10 +77,22 @@ def _worker():
             answer = {}
         elif kind == "fit":
             answer = {"seconds": _fit_seconds(ko)}
+        elif kind == "program":
+            answer = {"ops": _program_ops(steppers[command["key"]])}
         else:
             break
         reply.write(json.dumps(answer) + "\n")
         reply.flush()
+
+
+def _program_ops(stepper) -> dict:
+    """{"shape opcode": count} over every instruction of the step's optimized XLA program."""
+    import collections
+    import re
+
+    hlo = stepper.step.experimental_get_compiler_ir()(stage="optimized_hlo")
+    hlo = re.sub(r", metadata=\{[^}]*\}", "", hlo)
+    return dict(collections.Counter(" ".join(m) for m in re.findall(r"= (\S+) ([a-z][\w-]*)\(", hlo)))
 
 
 _FIT = {}
@@ -134,6 +152,23 @@ def _paired(new, base, repeats, **command):
     return ratios
 
 
+def _programs(new, base, key) -> dict:
+    """The two versions' XLA programs of one cell: their instruction counts, and the
+    {"shape opcode": (base count, new count)} that differ; prints a line."""
+    ops = {worker.name: worker.ask(cmd="program", key=key)["ops"] for worker in (new, base)}
+    counts = {k: (ops["base"].get(k, 0), ops["new"].get(k, 0)) for k in {*ops["new"], *ops["base"]}}
+    differ = {k: v for k, v in sorted(counts.items()) if v[0] != v[1]}
+    by_opcode = {}  # summed over shapes, for the line printed; "(scalars)" where all are rank 0
+    for k, (a, b) in differ.items():
+        shape, opcode = k.split()
+        total = by_opcode.setdefault(opcode, [0, 0, True])
+        total[:] = total[0] + a, total[1] + b, total[2] and shape.endswith("[]")
+    said = ", ".join(f"{op} {a} -> {b}{' (scalars)' * scalars}" for op, (a, b, scalars) in by_opcode.items())
+    instructions = sum(ops["new"].values())
+    print(f"  {key:32s} {instructions:6d} instructions: {said or 'same program'}", flush=True)
+    return {"instructions": instructions, "differ": differ}
+
+
 def _cells(args):
     """(key, build command) of every cell of the tables asked for."""
     for regime in args.regimes:
@@ -158,7 +193,12 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=None, help="steps a sample (default: 3 in (a), else 30)")
     parser.add_argument("--no-fit", action="store_true", help="skip the end-to-end fit comparison")
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--programs", action="store_true", help="compare the XLA cells' compiled programs; time nothing"
+    )
     args = parser.parse_args(argv)
+    if args.programs:
+        args.modes, args.no_fit = "xla", True
 
     base_dir = tempfile.mkdtemp(prefix="optlab-base-")
     git = ["git", "-C", ROOT]
@@ -167,14 +207,20 @@ def main(argv=None):
     commit = subprocess.run([*git, "rev-parse", "--short", args.base], capture_output=True, text=True)
     new, base = Worker(ROOT, "new"), Worker(base_dir, "base")
     results = {"base": commit.stdout.strip(), "repeats": args.repeats, "cells": {}}
-    print(f"new time / base time ({results['base']}), median of {args.repeats} pairs [95% interval]")
+    if args.programs:
+        print(f"the XLA programs of the step, this checkout against {results['base']}")
+    else:
+        print(f"new time / base time ({results['base']}), median of {args.repeats} pairs [95% interval]")
     try:
         for key, command in _cells(args):
             for worker in (new, base):
                 worker.ask(cmd="build", key=key, **command)
-            median, low, high = median_interval(_paired(new, base, args.repeats, cmd="time", key=key))
-            results["cells"][key] = {"median": median, "low": low, "high": high}
-            print(f"  {key:32s} {median:6.3f} [{low:.3f}, {high:.3f}]", flush=True)
+            if args.programs:
+                results["cells"][key] = _programs(new, base, key)
+            else:
+                median, low, high = median_interval(_paired(new, base, args.repeats, cmd="time", key=key))
+                results["cells"][key] = {"median": median, "low": low, "high": high}
+                print(f"  {key:32s} {median:6.3f} [{low:.3f}, {high:.3f}]", flush=True)
             for worker in (new, base):
                 worker.ask(cmd="drop", key=key)
         if not args.no_fit:
@@ -184,7 +230,7 @@ def main(argv=None):
     finally:
         new.close()
         base.close()
-    medians = [cell["median"] for cell in results["cells"].values()]
+    medians = [cell["median"] for cell in results["cells"].values() if "median" in cell]
     if medians:
         print(f"\nmedians {min(medians):.3f} to {max(medians):.3f} over {len(medians)} cells")
     if args.json:
