@@ -14,11 +14,13 @@ alternating which goes first. Each figure is the median of the paired ratios
 the machine's drift cancels in each pair. Also for the keras_optlab side of
 `optimizer_step.py --regimes ""` (end-to-end `model.fit` of the lab's MLP with Adam).
 
-`--programs` times nothing: for each XLA cell it compares the two versions' compiled
-programs (XLA's optimized HLO of the step, every instruction of every fused computation
-counted by shape and opcode, metadata aside) and prints "same program" or the counts
-that differ. Where they are the same, a ratio away from 1 in that cell is not the
-step's arithmetic.
+`--programs` times nothing: for each cell it compares what the two versions run, and
+prints "same program" or the counts that differ: under XLA, the optimized program (XLA's
+HLO of the step, every instruction of every fused computation counted by shape and
+opcode, metadata aside); in a graph, TensorFlow's graph of the step before Grappler (its
+operations counted by type and first output's shape, and those of the functions it calls,
+the XLA clusters of the fast paths among them, by type). Where they are the same, a ratio away from 1 in
+that cell is not the step's work.
 """
 
 from __future__ import annotations
@@ -64,10 +66,10 @@ def _worker():
             kwargs = {"momentum": 0.9} if command["optimizer"] in ("Momentum", "NAG") else {}
             optimizer = cls.like("keras", flat_slots=command["flat"], **kwargs)
             jit = command["mode"] == "xla"
-            steppers[command["key"]] = Stepper(optimizer, shapes[regime], jit, command["steps"])
+            steppers[command["key"]] = Stepper(optimizer, shapes[regime], jit, command["steps"]), jit
             answer = {"version": ko.__file__}
         elif kind == "time":
-            stepper = steppers[command["key"]]
+            stepper, _ = steppers[command["key"]]
             start = time.perf_counter()
             stepper()
             answer = {"seconds": time.perf_counter() - start}
@@ -78,21 +80,32 @@ def _worker():
         elif kind == "fit":
             answer = {"seconds": _fit_seconds(ko)}
         elif kind == "program":
-            answer = {"ops": _program_ops(steppers[command["key"]])}
+            stepper, jit = steppers[command["key"]]
+            answer = {"ops": _program_ops(stepper, jit)}
         else:
             break
         reply.write(json.dumps(answer) + "\n")
         reply.flush()
 
 
-def _program_ops(stepper) -> dict:
-    """{"shape opcode": count} over every instruction of the step's optimized XLA program."""
+def _program_ops(stepper, xla: bool) -> dict:
+    """{"shape opcode": count} over every instruction of the step's optimized XLA program,
+    or, for a graph, over the operations of the step's graph (shape: the first output's)
+    and of the functions it calls (shape "?")."""
     import collections
     import re
 
-    hlo = stepper.step.experimental_get_compiler_ir()(stage="optimized_hlo")
-    hlo = re.sub(r", metadata=\{[^}]*\}", "", hlo)
-    return dict(collections.Counter(" ".join(m) for m in re.findall(r"= (\S+) ([a-z][\w-]*)\(", hlo)))
+    if xla:
+        hlo = stepper.step.experimental_get_compiler_ir()(stage="optimized_hlo")
+        hlo = re.sub(r", metadata=\{[^}]*\}", "", hlo)
+        return dict(collections.Counter(" ".join(m) for m in re.findall(r"= (\S+) ([a-z][\w-]*)\(", hlo)))
+    graph = stepper.step.get_concrete_function().graph
+    # the step's operations with their first output's shape; those of the functions it calls by type
+    shape = lambda op: str(op.outputs[0].shape).replace(" ", "") if op.outputs else "-"  # noqa: E731
+    ops = [f"{shape(op)} {op.type}" for op in graph.get_operations()]
+    library = graph.as_graph_def().library.function
+    ops += [f"? {node.op}" for function in library for node in function.node_def]
+    return dict(collections.Counter(ops))
 
 
 _FIT = {}
@@ -153,7 +166,7 @@ def _paired(new, base, repeats, **command):
 
 
 def _programs(new, base, key) -> dict:
-    """The two versions' XLA programs of one cell: their instruction counts, and the
+    """The two versions' programs of one cell: their instruction counts, and the
     {"shape opcode": (base count, new count)} that differ; prints a line."""
     ops = {worker.name: worker.ask(cmd="program", key=key)["ops"] for worker in (new, base)}
     counts = {k: (ops["base"].get(k, 0), ops["new"].get(k, 0)) for k in {*ops["new"], *ops["base"]}}
@@ -162,7 +175,8 @@ def _programs(new, base, key) -> dict:
     for k, (a, b) in differ.items():
         shape, opcode = k.split()
         total = by_opcode.setdefault(opcode, [0, 0, True])
-        total[:] = total[0] + a, total[1] + b, total[2] and shape.endswith("[]")
+        scalar = shape == "()" or shape.endswith("[]")  # a graph's scalar, or XLA's
+        total[:] = total[0] + a, total[1] + b, total[2] and scalar
     said = ", ".join(f"{op} {a} -> {b}{' (scalars)' * scalars}" for op, (a, b, scalars) in by_opcode.items())
     instructions = sum(ops["new"].values())
     print(f"  {key:32s} {instructions:6d} instructions: {said or 'same program'}", flush=True)
@@ -194,11 +208,11 @@ def main(argv=None):
     parser.add_argument("--no-fit", action="store_true", help="skip the end-to-end fit comparison")
     parser.add_argument("--json", default=None)
     parser.add_argument(
-        "--programs", action="store_true", help="compare the XLA cells' compiled programs; time nothing"
+        "--programs", action="store_true", help="compare the cells' programs (graph or XLA); time nothing"
     )
     args = parser.parse_args(argv)
     if args.programs:
-        args.modes, args.no_fit = "xla", True
+        args.no_fit = True
 
     base_dir = tempfile.mkdtemp(prefix="optlab-base-")
     git = ["git", "-C", ROOT]
@@ -208,7 +222,7 @@ def main(argv=None):
     new, base = Worker(ROOT, "new"), Worker(base_dir, "base")
     results = {"base": commit.stdout.strip(), "repeats": args.repeats, "cells": {}}
     if args.programs:
-        print(f"the XLA programs of the step, this checkout against {results['base']}")
+        print(f"what each cell's step runs (its graph, or XLA's program), against {results['base']}")
     else:
         print(f"new time / base time ({results['base']}), median of {args.repeats} pairs [95% interval]")
     try:
