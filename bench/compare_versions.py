@@ -18,9 +18,9 @@ the machine's drift cancels in each pair. Also for the keras_optlab side of
 prints "same program" or the counts that differ: under XLA, the optimized program (XLA's
 HLO of the step, every instruction of every fused computation counted by shape and
 opcode, metadata aside); in a graph, TensorFlow's graph of the step before Grappler (its
-operations counted by type and first output's shape, and those of the functions it calls,
-the XLA clusters of the fast paths among them, by type). Where they are the same, a ratio away from 1 in
-that cell is not the step's work.
+operations counted by type and first output's shape; those of the functions it calls,
+the XLA clusters of the fast paths among them, by type). Where they are the same, a
+ratio away from 1 in that cell is not the step's work.
 """
 
 from __future__ import annotations
