@@ -26,12 +26,15 @@ STEPS = 30
 # reference driver. Elsewhere than on TensorFlow `fused_update` chooses nothing (every variable
 # takes the reference driver, the flat layout's groups are never compiled): there the op-by-op
 # and compiled entries would repeat the default and flat-slot runs step for step.
-LAYOUTS = {"op by op": {"fused_update": False}} if TF else {}
-LAYOUTS |= {"default": {}, "flat slots": {"flat_slots": True}}
+LAYOUTS = {"default": {}, "flat slots": {"flat_slots": True}}
 if TF:
-    LAYOUTS["flat slots, op by op"] = {"flat_slots": True, "fused_update": False}
-    LAYOUTS["compiled groups"] = {"fused_update": "compiled_group"}
-    LAYOUTS["flat slots, compiled groups"] = {"flat_slots": True, "fused_update": "compiled_group"}
+    LAYOUTS = {
+        "op by op": {"fused_update": False},
+        **LAYOUTS,
+        "flat slots, op by op": {"flat_slots": True, "fused_update": False},
+        "compiled groups": {"fused_update": "compiled_group"},
+        "flat slots, compiled groups": {"flat_slots": True, "fused_update": "compiled_group"},
+    }
 # Each optimizer with weight decay (decoupled, or coupled: the weights enter the
 # gradient), and the switches that add slots.
 CASES = [Case(cls, {"weight_decay": 0.01}) for cls in RULES] + [
