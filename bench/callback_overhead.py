@@ -11,8 +11,10 @@ turns on the gradient record of its clipping advisor, whose cost belongs to it);
 functions and the callback's compiled statistics are traced in warm-up fits first, histograms
 included, whose cost is reported apart. The figure is the median of the paired ratios fit time
 with / without, and a 95% interval, for the default interval (every 100 steps, histograms every
-1000), for logging every step, and for every step with `insight=False` (what a step says beyond
-the rates left out).
+1000), for logging every step, for every step with `insight=False` (what a step says beyond
+the rates left out), and for every step with `steps_per_call=1` (a compiled call before each
+batch, where by default on TensorFlow the state of each step is copied in the train function
+and up to 64 steps are read in one call; on the other backends the two are the same).
 
 `--floors` adds two callbacks that compute nothing, to show what any design that reads the
 state in a call of its own after each step pays: one calls an empty compiled function every
@@ -72,6 +74,11 @@ def main(argv=None):
         "default interval (100 steps, histograms 1000)": {},
         "every step (no histograms)": {"every_n_steps": 1, "histogram_every_n_steps": None},
         "every step, insight=False": {"every_n_steps": 1, "histogram_every_n_steps": None, "insight": False},
+        "every step, a call each (steps_per_call=1)": {
+            "every_n_steps": 1,
+            "histogram_every_n_steps": None,
+            "steps_per_call": 1,
+        },
     }
 
     def fit(callbacks, on=None, epochs=None):

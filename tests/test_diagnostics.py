@@ -472,6 +472,67 @@ def test_every_step_logs_each_step_with_its_own_values(tmp_path):
         assert float(norms[t]) == pytest.approx(np.log10(_norm(_gradient(before, _batch(t)))), abs=1e-3), t
 
 
+@tensorflow_only
+@pytest.mark.parametrize(
+    "make, jit_compile",
+    [(lambda: ko.Adam(0.01), "auto"), (lambda: keras.optimizers.RMSprop(0.01, momentum=0.5), True)],
+)
+def test_steps_read_many_in_one_call_log_what_a_call_after_each_step_logs(make, jit_compile, tmp_path):
+    """Where every step logs on TensorFlow the state at the start of each step is copied in
+    the train function and read `steps_per_call` steps at a time: every event the same as
+    with a call before each batch (`steps_per_call=1`), over two fits, a full ring (3 steps,
+    4 an epoch), the end of each epoch, histograms due in the middle of the ring's steps and
+    a learning rate that a `LearningRateScheduler` halves at each epoch's beginning, in a
+    graph and under XLA; the weights the same to the bit, and Keras' own train function
+    back after each fit."""
+    runs = {}
+    for steps_per_call in (1, 3):
+        model = _model(make(), jit_compile=jit_compile)
+        keras_own = _TrainFunction()
+        callback = OptimizerDiagnostics(
+            tmp_path / str(steps_per_call),
+            every_n_steps=1,
+            histogram_every_n_steps=3,
+            steps_per_call=steps_per_call,
+        )
+        halve = keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr / 2)
+        for epochs in (2, 1):
+            _fit(model, [keras_own, halve, callback], epochs=epochs)
+            assert model.train_function is keras_own.seen
+        runs[steps_per_call] = read_run(callback.run_dir), [_np(v) for v in model.weights]
+    (one, weights_one), (many, weights_many) = runs[1], runs[3]
+    for a, b in zip(weights_one, weights_many, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert set(one) == set(many) and "effective_lr_log10/layer/hidden/values" in one
+    assert _steps(one, "update_ratio_log10/model") == list(range(2, 3 * STEPS_PER_EPOCH + 1))
+    for tag in one:
+        assert [step for step, _ in one[tag]] == [step for step, _ in many[tag]], tag
+        for (step, a), (_, b) in zip(one[tag], many[tag], strict=True):
+            if a.dtype.kind == "f":
+                np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7, err_msg=f"{tag} at step {step}")
+            else:
+                np.testing.assert_array_equal(b, a, err_msg=f"{tag} at step {step}")
+
+
+def test_two_callbacks_logging_every_step_on_one_model_log_the_same(tmp_path):
+    """Only one callback's steps can be copied in the train function (`steps_per_call`):
+    the other makes a call before each batch, and both write the same values."""
+    model = _model(ko.Adam(0.01))
+    first, second = (OptimizerDiagnostics(tmp_path / k, every_n_steps=1) for k in ("a", "b"))
+    _fit(model, [first, second])
+    a, b = read_run(first.run_dir), read_run(second.run_dir)
+    assert set(a) == set(b)
+    for tag in plugin_tags(first.run_dir, "scalars"):
+        np.testing.assert_allclose([v for _, v in b[tag]], [v for _, v in a[tag]], rtol=1e-6, err_msg=tag)
+
+
+class _TrainFunction(keras.callbacks.Callback):
+    """Keeps the train function Keras made for the fit (put before the callback under test)."""
+
+    def on_train_begin(self, logs=None):
+        self.seen = self.model.train_function
+
+
 def test_one_callback_on_a_second_optimizer_writes_a_run_of_its_own(tmp_path):
     """The model compiled again with another optimizer, then another model: runs
     "optimizer-2" and "optimizer-3", each read from its own optimizer; "optimizer" keeps
@@ -735,7 +796,9 @@ def test_log_dir_vanishing_mid_run_warns_once_and_training_goes_on(tmp_path):
     model = _model(ko.Adam())
     diagnostics = OptimizerDiagnostics(tmp_path / "logs", every_n_steps=1)
     with pytest.warns(UserWarning, match="stopped writing to") as record:
-        history = _fit(model, [diagnostics, _RemoveLogDir(tmp_path / "logs", 3)], epochs=3)
+        # removed at step 6, after the first write (which, logging every step on TensorFlow,
+        # comes at the end of the first epoch: `steps_per_call`)
+        history = _fit(model, [diagnostics, _RemoveLogDir(tmp_path / "logs", 6)], epochs=3)
     assert len([w for w in record if "stopped writing" in str(w.message)]) == 1
     assert len(history.history["loss"]) == 3 and int(_np(model.optimizer.iterations)) == 3 * STEPS_PER_EPOCH
     # The next fit with the same callback tries again, and writes.
@@ -797,6 +860,7 @@ def test_beside_keras_tensorboard_on_one_log_dir(tmp_path):
     [
         ({"every_n_steps": 0}, ValueError, "`every_n_steps` must be an int >= 1. Received: every_n_steps=0"),
         ({"every_n_steps": 2.5}, TypeError, "Received: every_n_steps=2.5"),
+        ({"steps_per_call": 0}, ValueError, "steps_per_call=0"),
         ({"threshold_ratio": -1.0}, ValueError, "Received: threshold_ratio=-1.0"),
         ({"traces": ["dense/kernel"]}, ValueError, "`traces` must be a list of (variable path, index) pairs"),
         ({"run_name": ""}, ValueError, "`run_name` must be a non-empty string"),

@@ -63,14 +63,20 @@ class Reader:
     def state(self, variable) -> dict:
         """The state of `variable` by slot name (the optimizer must be built); none
         for an optimizer that cannot be read."""
+        return self.state_reader(variable)()
+
+    def state_reader(self, variable):
+        """`state(variable)` as a function of no arguments, the variable found once (it may
+        then be called in a Keras `StatelessScope`, where finding it would fail)."""
         if self.twin is None:
-            return {}
+            return dict
         if self.slots is None:
-            return self.optimizer.state(variable)
+            return self.optimizer.state_reader(variable)
         index = self.optimizer._get_variable_index(variable)
-        return {
+        state = {
             slot.name: getattr(self.optimizer, self.slots[slot.name])[index] for slot in self.twin.slots()
         }
+        return lambda: dict(state)
 
     @property
     def momentum_slot(self):

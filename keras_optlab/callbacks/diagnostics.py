@@ -19,6 +19,7 @@ from keras_optlab.callbacks import (
     _edge_of_stability,
     _events,
     _insight,
+    _ring,
     _scopes,
     _stats,
     _tags,
@@ -125,6 +126,18 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
     `fit`. On JAX the callback reads `callback.model` (which makes Keras write its
     training state back to the variables) only in a batch it logs.
 
+    Where every step logs, on TensorFlow, the statistics of up to `steps_per_call` (64)
+    steps are computed in one call (`_ring`): the state at the start of each step is
+    copied, in Keras' train function, into a ring of the callback's own (the model's own
+    train function is back after the fit), and read when the ring is full, at the end of
+    each epoch and where histograms are due. The values are those of a call before each
+    batch; they reach the event file up to that many steps later, and a non-finite value
+    is reported then. `steps_per_call=1` makes a call before each batch; so do
+    `stop_on_nonfinite`, a learning rate given as a plain callable, the edge-of-stability
+    probe, `steps_per_execution` > 1, gradient accumulation, a distribution strategy and
+    a second such callback on the same model. The ring takes at most 64 MiB: fewer steps
+    a call for a larger model (none where two steps do not fit).
+
     What a step says beyond the rates (`insight=True`, the default; `_insight`), where the
     step's gradient is read (one step a window), for each scope:
     `direction/<scope>/cos_update_gradient` (cos of the weights' change and the
@@ -176,6 +189,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         curvature_probe=None,
         curvature_every_n_steps: int | None = None,
         curvature_iterations: int = 20,
+        steps_per_call: int = 64,
     ):
         super().__init__()
         if not isinstance(log_dir, (str, os.PathLike)):
@@ -198,6 +212,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             "curvature_every_n_steps", curvature_every_n_steps, 1, allow_none=True
         )
         self.curvature_iterations = check_int("curvature_iterations", curvature_iterations, 1)
+        self.steps_per_call = check_int("steps_per_call", steps_per_call, 1)
         if probe is None and self.curvature_every_n_steps is not None:
             raise ValueError(
                 "`curvature_every_n_steps` needs a `curvature_probe`, the batch the sharpness is "
@@ -218,6 +233,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         self._run = run_name  # the run of the current (or next) fit
         self._runs = []  # [(weak reference to an optimizer, its run name)], in the order first written
         self._made_for = None  # what the compiled functions and buffers were made for
+        self._ring, self._use_ring, self._rows = None, False, 0  # `_ring`: steps copied, not yet read
         self._pending = None
 
     @property
@@ -262,10 +278,21 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         # XLA, on TensorFlow, where every step logs: its compilation (seconds) pays back over
         # thousands of logs, each about twice as fast as in a graph (`bench/callback_overhead.py`).
         xla = carry and backend() == "tensorflow" and not _training.under_strategy(model)
-        made_for = ([id(v) for v in variables], id(reader.optimizer), spe, carry, xla, self.insight)
+        lr_is_callable = _training.lr_is_callable(reader.optimizer)
+        # Where every step logs, on TensorFlow, one step at a time: the state at the start of
+        # each step copied in the train function, the statistics of many steps in one call (`_ring`).
+        ring = (
+            xla
+            and spe == 1
+            and self.steps_per_call > 1
+            and not (lr_is_callable or self.stop_on_nonfinite or self._edge)
+            and hasattr(model, "_make_function")
+        )
+        made_for = ([id(v) for v in variables], id(reader.optimizer), spe, carry, xla, ring, self.insight)
         if made_for != self._made_for:  # other variables, optimizer or window
             self._compiled, self._buffers, self._plan, self._histogram_tags = {}, None, None, []
-            self._made_for = made_for
+            self._state_readers, self._ring, self._made_for = None, None, made_for
+        self._use_ring, self._rows = ring, 0
         self._carry, self._xla, self._jax = carry, xla, backend() == "jax"
         self._structure, self._variables, self._trace_points = structure, variables, trace_points
         twin = reader.twin if self.insight else None
@@ -275,7 +302,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         self._spe = spe
         self._one_step_window = spe == 1
         self._reads = _training.variables_read(model, reader.optimizer)
-        self._lr_is_callable = _training.lr_is_callable(reader.optimizer)
+        self._lr_is_callable = lr_is_callable
         start = self._iterations()
         self._start = self._mark = self._histogram_mark = start
         if self._edge is not None:
@@ -287,16 +314,22 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         self._underflowed = set()  # ... and for an underflowed cache
         if self._buffers is not None:
             self._buffers.set_mark(start)
+        if self._ring is not None and self._active:
+            self._ring.count.assign(0)
+            self._use_ring = self._ring.install(model)
 
     def on_train_batch_begin(self, batch, logs=None):
         """Logs the step of the previous batch if it passed a multiple of `every_n_steps`,
         and takes the snapshot when this batch may carry `iterations` past one."""
         if self._active:
             try:
-                carried = self._resolve() if self._pending is not None else False
-                self._maybe_snapshot(carried)
+                if self._use_ring:
+                    self._ring_batch_begin()
+                else:
+                    carried = self._resolve() if self._pending is not None else False
+                    self._maybe_snapshot(carried)
             except Exception as error:  # a diagnostic must never end a training run
-                self._pending = None
+                self._pending, self._rows = None, 0
                 self._give_up(f"{type(error).__name__}: {error}")
         self._batches_since += 1
 
@@ -306,6 +339,8 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._resolve_safely()
+        if self._ring is not None:
+            self._ring.uninstall(self.model)
         # Written and flushed, not closed: a later `fit` with the same callback goes on
         # writing to the same event file.
         if self._events is not None and not self._failed:
@@ -319,12 +354,15 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
 
     # ------------------------------------------------------------ when to log
     def _resolve_safely(self):
-        if self._active and self._pending is not None:
+        if self._active and (self._pending is not None or self._rows):
             try:
-                self._resolve()
+                if self._rows:
+                    self._flush()
+                else:
+                    self._resolve()
             except Exception as error:  # a diagnostic must never end a training run
                 self._give_up(f"{type(error).__name__}: {error}")
-        self._pending = None
+        self._pending, self._rows = None, 0
 
     def _sync(self):
         """On JAX, makes Keras write its training state back to the variables (reading
@@ -358,6 +396,52 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             self._buffers.lr.assign(np.float32(to_numpy(optimizer.learning_rate)))
         self._pending = (now, after)
 
+    def _ring_batch_begin(self):
+        """Where the steps are copied into the ring (`_ring`): reads the copied steps when
+        the ring is full or a histogram is due, before the batch copies the next."""
+        if not self._reader.optimizer.built:  # Keras builds it in the first step: nothing to read yet
+            return
+        if self._ring is None:
+            self._function("snapshot")  # the buffers
+            steps = _ring.steps_for(self._reads, self.steps_per_call)
+            record = self._reader.optimizer.gradient_record if self._records else None
+            self._ring = _ring.Ring(self._reads, steps, record) if steps >= 2 else None
+            # too large a model, or another callback's ring on it: a call after each step
+            if self._ring is None or not self._ring.install(self.model):
+                self._use_ring = False
+                self._maybe_snapshot(False)
+                return
+            self._known = self._iterations()
+        if self._rows and (self._rows == self._ring.steps or self._histograms_due(self._known + self._rows)):
+            self._flush()
+        self._rows += 1
+
+    def _flush(self):
+        """Reads the steps copied into the ring, in one call, and writes their statistics.
+        Where histograms are due at the last step, that step is read as without a ring
+        (the histograms read the state now, against the buffers the step before left)."""
+        rows, self._rows = self._rows, 0
+        last_alone = self._histograms_due(self._known + rows)
+        if not last_alone:
+            self._ring.copy_now()  # the state after the last step
+        out = self._function("ring")()
+        n = int(to_numpy(out["n"]))
+        scalars, ints = to_numpy(out["scalars"]), to_numpy(out["ints"])
+        records = to_numpy(out["records"]) if "records" in out else None
+        count = len(self._variables)
+        for k in range(n):
+            step, logged = int(ints[k, 0]), bool(ints[k, 1])
+            if logged:
+                per_variable = {"nonfinite": ints[k, 2 : 2 + count], "underflow": ints[k, 2 + count :]}
+                record = None if records is None else records[k]
+                self._log(step, self._known, scalars[k], record, per_variable, None)
+                self._mark = step
+            self._known = step
+        self._batches_since = 0
+        if last_alone:
+            self._pending = (self._known, self._known + 1)
+            self._resolve()
+
     def _histograms_due(self, step) -> bool:
         every = self.histogram_every_n_steps
         return every is not None and step // every > self._histogram_mark // every
@@ -381,14 +465,14 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             n = len(self._variables)
             per_variable = {"nonfinite": ints[2 : 2 + n], "underflow": ints[2 + n :]}
             histograms = histograms if self._histograms_due(step) else None
-            self._log(step, step_before, out, per_variable, histograms, lr)
+            record = to_numpy(out["record"]) if "record" in out else None
+            self._log(step, step_before, to_numpy(out["scalars"]), record, per_variable, histograms, lr)
             self._mark = step
         return self._carry
 
     # --------------------------------------------------------------- writing
-    def _log(self, step, step_before, out, per_variable, histograms, lr=None):
+    def _log(self, step, step_before, values, record, per_variable, histograms, lr=None):
         plan = self._plan
-        values = to_numpy(out["scalars"])
         has_previous = self._logs_this_fit > 0
         first = self._events is None
         if first:
@@ -405,8 +489,8 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             self._histogram_mark = step
         if not self._one_step_window:
             summary += plan.encoder.encode(["execution_steps"], [step - step_before])
-        if "record" in out:
-            summary += self._clipping_summary(to_numpy(out["record"]))
+        if record is not None:
+            summary += self._clipping_summary(record)
         if self._edge is not None:
             summary += self._edge.encode(plan.encoder, self.model, self._reader, self._variables, step, lr)
         self._events.add(_events.summary_event(summary, step))
@@ -547,13 +631,20 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             sizes = [int(np.prod(v.shape)) for v in self._variables]
             dtypes = [keras.backend.standardize_dtype(v.dtype) for v in self._variables]
             layout = _stats.Layout(sizes, dtypes, self._scope_rows())
+            self._state_readers = [self._reader.state_reader(v) for v in self._variables]
+            # read again: on TensorFlow the optimizer's slots are made in the first step
+            self._reads = _training.variables_read(self.model, self._reader.optimizer)
             current = self._current(layout)
             keep_slots = self._reader.twin is not None and self._one_step_window
             has_cache = self._reader.cache_slot is not None
             self._buffers = _buffers.Buffers(layout, current, keep_slots, has_cache, self._mark)
         if kind not in self._compiled:
-            fn = {"snapshot": self._snapshot, "stats": self._statistics, "histograms": self._histograms}[kind]
             buffers = self._buffers.variables()
+            if kind == "ring":
+                statistics = lambda: self._statistics(record=False)  # noqa: E731 (the ring copies the record)
+                self._compiled[kind] = self._ring.statistics(self._snapshot, statistics, buffers)
+                return self._compiled[kind]
+            fn = {"snapshot": self._snapshot, "stats": self._statistics, "histograms": self._histograms}[kind]
             xla = self._xla and kind == "stats"
             writes = [] if kind == "histograms" else buffers
             self._compiled[kind] = Compiled(fn, [*self._reads, *buffers], writes, xla=xla)
@@ -567,7 +658,8 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             variables = [self._variables[i] for i in members]
             entry = {"weight": layout.flat(dtype, [ops.convert_to_tensor(v) for v in variables])}
             if reader.twin is not None:
-                states = [reader.state(v) for v in variables]  # slot variables, or views of flat buffers
+                # slot variables, or views of flat buffers
+                states = [self._state_readers[i]() for i in members]
                 for name in states[0]:
                     entry[name] = layout.flat(dtype, [ops.convert_to_tensor(st[name]) for st in states])
             out[dtype] = entry
@@ -666,7 +758,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             out[dtype] = arrays
         return iterations, out, current
 
-    def _statistics(self):
+    def _statistics(self, record=True):
         """Every statistic of one log step, in one compiled call, from the state now and
         the snapshot in the buffers.
 
@@ -678,7 +770,8 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         records) and "ints" (`iterations`, whether it passed a multiple and is logged,
         and the non-finite count of each variable). Where it logs, the caches go to the
         buffers for the next log's growth; where every batch logs, the state for the
-        next log's snapshot too.
+        next log's snapshot too. `record`: with the gradient record's values, where the
+        optimizer records (the ring copies them itself).
         """
         reader, buffers = self._reader, self._buffers
         layout = buffers.layout
@@ -748,7 +841,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             "scalars": ops.concatenate(vector, axis=0),
             "ints": ops.concatenate([*ints, *per_variable], axis=0),
         }
-        if self._records:
+        if self._records and record:
             out["record"] = _insight.record_values(reader.optimizer.gradient_record)
         return out
 

@@ -81,11 +81,19 @@ class SlotLayout:
 
     def state(self, variable) -> dict:
         """The variable's slots by name: its own variables, or views of the buffers."""
+        return self.state_reader(variable)()
+
+    def state_reader(self, variable):
+        """`state(variable)` as a function of no arguments, the variable found once: it can
+        then be called where the variables are mapped to other values (a Keras
+        `StatelessScope`, in which TensorFlow's `_var_key` of a variable fails)."""
         place = self.place.get(self._key(variable))
         if place is None:
-            return self.slots_of(variable)
+            slots = self.slots_of(variable)
+            return lambda: dict(slots)
         group, position = place
-        return {name: group.view(buffers[group.name], position) for name, buffers in self.buffers.items()}
+        buffers = self.buffers
+        return lambda: {name: group.view(b[group.name], position) for name, b in buffers.items()}
 
     def buffers_of(self, group: Group) -> dict | None:
         """The flat buffers of one of this layout's groups by slot name; None for a

@@ -30,8 +30,14 @@ class StateAccess:
         `{"cache", "mean_gradient", "momentum"}` for RMSProp (the last two when
         centered or with momentum), `{"m", "v", "v_max"}` for Adam (v_max with amsgrad).
         """
+        return self.state_reader(variable)()
+
+    def state_reader(self, variable):
+        """`state(variable)` as a function of no arguments, the variable checked and found
+        once (for a caller that reads the state where the variables are mapped to other
+        values, in a Keras `StatelessScope`)."""
         check_variable(self, variable)
-        return self._layout.state(variable)
+        return self._layout.state_reader(variable)
 
     def effective_learning_rate(self, variable, learning_rate=None):
         """The per-element factor that multiplies the rule's direction, shaped as `variable`.

@@ -1,0 +1,177 @@
+"""Every step logged on TensorFlow, its statistics computed for many steps in one call.
+
+A call of its own after each batch costs about a third of a small model's step before it
+computes anything (`bench/callback_overhead.py --floors`), and the statistics' compiled
+program (about 70 kernels, each on a few thousand elements) about as much again. So where
+every step logs, the state at the start of each step (every variable the statistics read,
+and the optimizer's gradient record) is copied into a ring inside Keras' own train
+function, the state after the last step when the ring is read, and the statistics of all
+its steps are computed in one XLA call: a loop over the rows, each row's variables mapped
+to its copies (a Keras `StatelessScope`), the callback's buffers carried from row to row
+as from call to call. The state at the start of a step is what a call at the beginning of
+its batch reads (after other callbacks' hooks: a `LearningRateScheduler`'s new rate, say),
+so the numbers are those of a call after each step; what changes is when they reach the
+event file (at the latest after `steps_per_call` steps, at the end of each epoch and where
+a histogram is due).
+
+The train function that copies is Keras' own, made from the model's `train_step` with the
+copy after it (`Model._make_function`, Keras 3 on TensorFlow), and swapped in for the fits
+the callback is in (`install`, `uninstall`): the model, its saved files and the optimizer's
+variables do not change. The ring is the callback's: plain `tf.Variable`s, not tracked.
+
+Not used (a call after each step is): with `steps_per_call=1`; on JAX and PyTorch; under a
+distribution strategy; with `steps_per_execution` > 1 or gradient accumulation; with a
+learning rate given as a plain callable (read on the host before each step); with
+`stop_on_nonfinite` (it stops at the step that went non-finite) or the edge-of-stability
+probe (it reads the model at the log step); and where two copies of the state would take
+more than `BYTES` (a model that large spends its statistics' time in arithmetic, not in
+calls).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from keras_optlab.callbacks import _insight
+
+#: The most memory a ring's copies may take.
+BYTES = 64 * 2**20
+
+
+def steps_for(reads, steps_per_call: int) -> int:
+    """The steps a ring of copies of `reads` holds: `steps_per_call`, fewer where the
+    copies (one more than the steps) would take more than `BYTES`."""
+    row = sum(
+        int(np.prod(v.shape)) * np.dtype(keras.backend.standardize_dtype(v.dtype)).itemsize for v in reads
+    )
+    return min(steps_per_call, BYTES // max(row, 1) - 1)
+
+
+class Ring:
+    """The state at the start of each step: copies of `reads` (Keras variables) and of the
+    optimizer's gradient record (`record`, a `GradientRecord`, or None) in `steps` + 1 rows
+    (the last for the state after the last step, copied when the rows are read); `count`,
+    the rows copied since they were last read (past the end the last row is overwritten:
+    steps taken in a fit the callback was not told the end of, say)."""
+
+    def __init__(self, reads, steps: int, record=None):
+        import tensorflow as tf
+
+        def variable(value):
+            return tf.Variable(value, trainable=False)
+
+        self.reads, self.steps, self.record = list(reads), steps, record
+        # One flat copy a dtype (one write a step, not one a variable): {dtype: [rows, size]},
+        # and where each variable lies in it, (dtype, offset, size).
+        self.places, sizes = [], {}
+        for v in self.reads:
+            dtype, size = keras.backend.standardize_dtype(v.dtype), int(np.prod(v.shape))
+            self.places.append((dtype, sizes.get(dtype, 0), size))
+            sizes[dtype] = sizes.get(dtype, 0) + size
+        self.copies = {dtype: variable(tf.zeros((steps + 1, size), dtype)) for dtype, size in sizes.items()}
+        self.records = None
+        if record is not None:
+            width = int(_insight.record_values(record).shape[0])
+            self.records = variable(tf.zeros((steps + 1, width), "float32"))
+        self.count = variable(tf.constant(0, "int32"))
+        self._plain = self._copying = self._copy_now = None
+
+    def copy(self):
+        """Copies the state now into the next row: in the train step before the update
+        (TensorFlow orders the reads before the step's writes of the same variables), and
+        from the host, after the last step, before the rows are read."""
+        import tensorflow as tf
+
+        row = tf.reshape(tf.minimum(self.count, self.steps), [1, 1])
+        flat = {dtype: [] for dtype in self.copies}
+        for v, (dtype, _, _) in zip(self.reads, self.places, strict=True):
+            flat[dtype].append(tf.reshape(tf.convert_to_tensor(v.value), [-1]))
+        for dtype, copy in self.copies.items():
+            copy.scatter_nd_update(row, tf.expand_dims(tf.concat(flat[dtype], 0), 0))
+        if self.records is not None:
+            self.records.scatter_nd_update(row, tf.expand_dims(_insight.record_values(self.record), 0))
+        self.count.assign_add(1)
+
+    def copy_now(self):
+        """`copy`, from the host (compiled once; the concrete function, called directly,
+        skips `tf.function`'s dispatch)."""
+        if self._copy_now is None:
+            import tensorflow as tf
+
+            self._copy_now = tf.function(self.copy, autograph=False).get_concrete_function()
+        self._copy_now()
+
+    # ------------------------------------------------- Keras' train function
+    def install(self, model) -> bool:
+        """Makes the model's train function the one that copies, for this fit; False where
+        the model's train function is another ring's (two callbacks logging every step on
+        one model: the second makes a call after each step). The copying function is made
+        once per train function of the model's own (a `compile` makes a new one)."""
+        plain = model.train_function
+        if plain is self._copying:
+            return True
+        if getattr(plain, "_copies_into_a_ring", False):
+            return False
+        if plain is not self._plain or self._copying is None:
+            step = model.train_step
+
+            def train_step(data):
+                self.copy()
+                return step(data)
+
+            self._plain, self._copying = plain, model._make_function(train_step)
+            self._copying._copies_into_a_ring = True
+        model.train_function = self._copying
+        return True
+
+    def uninstall(self, model):
+        """Gives the model its own train function back."""
+        if self._copying is not None and model.train_function is self._copying:
+            model.train_function = self._plain
+
+    # ---------------------------------------------------- the statistics' call
+    def statistics(self, snapshot, statistics, buffers):
+        """A compiled call that reads the rows copied since the last call: `snapshot()`
+        (the callback's, into its `buffers`) on the first row, then `statistics()` (the
+        callback's statistics of one step, against the buffers, returning "scalars" and
+        "ints", and moving the snapshot on) on each later row, in order, each on the
+        state of its row, the buffers carried from row to row and written at the end.
+        It returns "n", the steps read (rows - 1), and "scalars", "ints" and "records"
+        (the gradient record after each step), `steps` rows each, the first n filled."""
+        import tensorflow as tf
+
+        reads, copies, steps = self.reads, self.copies, self.steps
+
+        def on_row(fn, i, carried):
+            state = {dtype: copy[i] for dtype, copy in copies.items()}
+            mapping = [
+                (v, tf.reshape(state[dtype][offset : offset + size], v.shape))
+                for v, (dtype, offset, size) in zip(reads, self.places, strict=True)
+            ]
+            mapping += list(zip(buffers, carried, strict=True))
+            with keras.StatelessScope(state_mapping=mapping) as scope:
+                out = fn()
+            new = [scope.get_current_value(b) for b in buffers]
+            return out, [c if n is None else n for n, c in zip(new, carried, strict=True)]
+
+        def fn():
+            n = tf.minimum(self.count, steps + 1) - 1
+            _, carried = on_row(snapshot, 0, [tf.convert_to_tensor(b.value) for b in buffers])
+
+            def body(i, carried, scalars, ints):
+                out, carried = on_row(statistics, i + 1, carried)
+                return i + 1, carried, scalars.write(i, out["scalars"]), ints.write(i, out["ints"])
+
+            arrays = tf.TensorArray(tf.float32, steps), tf.TensorArray(tf.int32, steps)
+            start = (tf.constant(0), carried, *arrays)
+            _, carried, scalars, ints = tf.while_loop(lambda i, *_: i < n, body, start)
+            for b, value in zip(buffers, carried, strict=True):
+                b.assign(value)
+            self.count.assign(0)
+            out = {"n": n, "scalars": scalars.stack(), "ints": ints.stack()}
+            if self.records is not None:
+                out["records"] = tf.convert_to_tensor(self.records)[1:]
+            return out
+
+        return tf.function(fn, jit_compile=True, autograph=False)
