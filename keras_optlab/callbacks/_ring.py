@@ -17,7 +17,10 @@ a histogram is due).
 The train function that copies is Keras' own, made from the model's `train_step` with the
 copy after it (`Model._make_function`, Keras 3 on TensorFlow), and swapped in for the fits
 the callback is in (`install`, `uninstall`): the model, its saved files and the optimizer's
-variables do not change. The ring is the callback's: plain `tf.Variable`s, not tracked.
+variables do not change. The ring is the callback's: plain `tf.Variable`s, not tracked. A fit
+ended by an exception (Keras calls no `on_train_end`) leaves the copying function in place
+until the callback's next fit: a fit without it in between copies, into the last row, for
+nothing; the steps of the ended fit not yet read are lost.
 
 Not used (a call after each step is): with `steps_per_call=1`; on JAX and PyTorch; under a
 distribution strategy; with `steps_per_execution` > 1 or gradient accumulation; with a

@@ -132,7 +132,8 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
     train function is back after the fit), and read when the ring is full, at the end of
     each epoch and where histograms are due. The values are those of a call before each
     batch; they reach the event file up to that many steps later, and a non-finite value
-    is reported then. `steps_per_call=1` makes a call before each batch; so do
+    is reported then (a `fit` ended by an exception loses those not yet read: Keras calls
+    no `on_train_end`). `steps_per_call=1` makes a call before each batch; so do
     `stop_on_nonfinite`, a learning rate given as a plain callable, the edge-of-stability
     probe, `steps_per_execution` > 1, gradient accumulation, a distribution strategy and
     a second such callback on the same model. The ring takes at most 64 MiB: fewer steps
