@@ -4,7 +4,8 @@ An optimizer's own file holds its rule (`_rule.py` says what a rule provides);
 this class holds what Keras needs around it: the arguments and their checks, the
 presets (`like`), the config, the slots (`_layout.py`; a user reads them through
 `_state.py`), and the reference driver, which every other driver (`_paths.py`) is
-held to.
+held to. The gradient record the diagnostics ask for, and Keras' hooks where it sees
+the gradients, are a mixin of `_record.py`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ FRAMEWORKS = ("keras", "pytorch", "optax")
 _FRAMEWORK_ALIASES = {"torch": "pytorch", "tf": "keras", "tensorflow": "keras"}
 
 
-class OptlabOptimizer(Rule, StateAccess, keras.optimizers.Optimizer):
+class OptlabOptimizer(Rule, StateAccess, _record.RecordsGradients, keras.optimizers.Optimizer):
     """Base class of the keras_optlab optimizers.
 
     Besides Keras' own arguments (`weight_decay`, `clipnorm`, `clipvalue`,
@@ -213,50 +214,6 @@ class OptlabOptimizer(Rule, StateAccess, keras.optimizers.Optimizer):
         if rest:  # Keras' own loop, `update_step` per variable
             variables = [route.variable for route in rest]
             super()._backend_update_step([route.gradient for route in rest], variables, learning_rate)
-
-    def record_gradient_norms(self):
-        """Records, from now on, the gradient norms of every step outside the optimizer's
-        variables (`_record.py`: never saved); returns the record (None until built).
-        For the diagnostics' clipping advisor; TensorFlow only. Call it before the train
-        step is traced (Keras caches it): the diagnostics call it at the start of `fit`."""
-        if keras.backend.backend() != "tensorflow":
-            raise RuntimeError(
-                f"Gradient norms are recorded on TensorFlow only, not {keras.backend.backend()}."
-            )
-        self._record_gradients = True
-        if self.built and self.gradient_record is None:
-            self.gradient_record = _record.GradientRecord(len(self._trainable_variables), self._strategy())
-        return self.gradient_record
-
-    def _strategy(self):
-        """The tf.distribute strategy whose scope is entered, else the one the optimizer was
-        made under (Keras' `_distribution_strategy`: the default one if none was)."""
-        import tensorflow as tf
-
-        return tf.distribute.get_strategy() if tf.distribute.has_strategy() else self._distribution_strategy
-
-    def _backend_apply_gradients(self, grads, trainable_variables):
-        if self.gradient_record is not None:
-            if self.gradient_accumulation_steps:
-                _record.refuse_accumulation_across_replicas()
-            indices = [self._get_variable_index(v) for v in trainable_variables]
-            self.gradient_record.record_received(grads, indices, bool(self.gradient_accumulation_steps))
-        super()._backend_apply_gradients(grads, trainable_variables)
-
-    def _all_reduce_sum_gradients(self, grads_and_vars):
-        """Keras' all-reduce of the replicas' gradients (TensorFlow), where the record
-        sees the reduced gradients under a strategy."""
-        reduced = super()._all_reduce_sum_gradients(grads_and_vars)
-        if self.gradient_record is not None:
-            self.gradient_record.record_reduced([g for g, _ in reduced])
-        return reduced
-
-    def _clip_gradients(self, grads):
-        if self.gradient_record is not None:
-            accumulating = bool(self.gradient_accumulation_steps)
-            record = self.gradient_record
-            record.record_clipped(grads, self.clipnorm, self.global_clipnorm, self.clipvalue, accumulating)
-        return super()._clip_gradients(grads)
 
     def update_step(self, gradient, variable, learning_rate):
         """Keras' step of one variable (its distributed path calls it): the reference driver."""

@@ -59,6 +59,8 @@ from __future__ import annotations
 
 import math
 
+import keras
+
 from keras_optlab.optimizers import _sparse
 
 #: The histogram of log10(global norm): `BINS` bins of `WIDTH` decades from `LOW`
@@ -188,6 +190,57 @@ class GradientRecord:
         if float(self.noise_weight.numpy()) == 0 or g2 <= 0:
             return None
         return micro_batch_size * trace / g2
+
+
+class RecordsGradients:
+    """A mixin of `OptlabOptimizer`: the record, asked for (`record_gradient_norms`), and
+    Keras' hooks where it sees the gradients (received, all-reduced, clipped)."""
+
+    gradient_record: GradientRecord | None
+
+    def record_gradient_norms(self):
+        """Records, from now on, the gradient norms of every step outside the optimizer's
+        variables (`_record.py`: never saved); returns the record (None until built).
+        For the diagnostics' clipping advisor; TensorFlow only. Call it before the train
+        step is traced (Keras caches it): the diagnostics call it at the start of `fit`."""
+        if keras.backend.backend() != "tensorflow":
+            raise RuntimeError(
+                f"Gradient norms are recorded on TensorFlow only, not {keras.backend.backend()}."
+            )
+        self._record_gradients = True
+        if self.built and self.gradient_record is None:
+            self.gradient_record = GradientRecord(len(self._trainable_variables), self._strategy())
+        return self.gradient_record
+
+    def _strategy(self):
+        """The tf.distribute strategy whose scope is entered, else the one the optimizer was
+        made under (Keras' `_distribution_strategy`: the default one if none was)."""
+        import tensorflow as tf
+
+        return tf.distribute.get_strategy() if tf.distribute.has_strategy() else self._distribution_strategy
+
+    def _backend_apply_gradients(self, grads, trainable_variables):
+        if self.gradient_record is not None:
+            if self.gradient_accumulation_steps:
+                refuse_accumulation_across_replicas()
+            indices = [self._get_variable_index(v) for v in trainable_variables]
+            self.gradient_record.record_received(grads, indices, bool(self.gradient_accumulation_steps))
+        super()._backend_apply_gradients(grads, trainable_variables)
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        """Keras' all-reduce of the replicas' gradients (TensorFlow), where the record
+        sees the reduced gradients under a strategy."""
+        reduced = super()._all_reduce_sum_gradients(grads_and_vars)
+        if self.gradient_record is not None:
+            self.gradient_record.record_reduced([g for g, _ in reduced])
+        return reduced
+
+    def _clip_gradients(self, grads):
+        if self.gradient_record is not None:
+            accumulating = bool(self.gradient_accumulation_steps)
+            record = self.gradient_record
+            record.record_clipped(grads, self.clipnorm, self.global_clipnorm, self.clipvalue, accumulating)
+        return super()._clip_gradients(grads)
 
 
 def refuse_accumulation_across_replicas():
