@@ -475,7 +475,7 @@ def test_every_step_logs_each_step_with_its_own_values(tmp_path):
 @tensorflow_only
 @pytest.mark.parametrize(
     "make, jit_compile",
-    [(lambda: ko.Adam(0.01), "auto"), (lambda: keras.optimizers.RMSprop(0.01, momentum=0.5), True)],
+    [(lambda: ko.Adam(0.01), False), (lambda: keras.optimizers.RMSprop(0.01, momentum=0.5), True)],
 )
 def test_steps_read_many_in_one_call_log_what_a_call_after_each_step_logs(make, jit_compile, tmp_path):
     """Where every step logs on TensorFlow the state at the start of each step is copied in
@@ -524,6 +524,41 @@ def test_two_callbacks_logging_every_step_on_one_model_log_the_same(tmp_path):
     assert set(a) == set(b)
     for tag in plugin_tags(first.run_dir, "scalars"):
         np.testing.assert_allclose([v for _, v in b[tag]], [v for _, v in a[tag]], rtol=1e-6, err_msg=tag)
+
+
+@tensorflow_only
+def test_after_a_fit_ended_by_an_exception_the_next_callback_takes_the_model_over(tmp_path):
+    """A fit ended by an exception (Keras calls no `on_train_end`) leaves the train function
+    that copies the steps on the model; a new callback's fit takes it off and logs every
+    step, also on a dataset of unknown size (Keras begins one batch more than it runs at the
+    end of each epoch), and Keras' own train function is back after it."""
+    import tensorflow as tf
+
+    model, keras_own = _model(ko.Adam(0.01)), _TrainFunction()
+    with pytest.raises(KeyboardInterrupt):
+        _fit(model, [keras_own, OptimizerDiagnostics(tmp_path / "a", every_n_steps=1), _Interrupt(6)])
+    assert model.train_function is not keras_own.seen
+    unknown_size = tf.data.Dataset.from_tensor_slices(_data()).batch(BATCH).filter(lambda x, y: True)
+    callback = OptimizerDiagnostics(tmp_path / "b", every_n_steps=1, histogram_every_n_steps=3)
+    model.fit(unknown_size, epochs=2, verbose=0, callbacks=[callback])
+    assert model.train_function is keras_own.seen
+    # (Keras 3.15 counts an optimizer step for the batch that finds the end: 5 an epoch here)
+    final = int(_np(model.optimizer.iterations))
+    assert final >= 6 + 2 * STEPS_PER_EPOCH
+    events = read_run(callback.run_dir)
+    assert _steps(events, "update_ratio_log10/model") == list(range(7, final + 1))
+    assert _steps(events, "effective_lr_log10/layer/hidden/values") == list(range(9, final + 1, 3))
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def __init__(self, at_step):
+        super().__init__()
+        self.at_step, self.steps = at_step, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        if self.steps == self.at_step:
+            raise KeyboardInterrupt
 
 
 class _TrainFunction(keras.callbacks.Callback):

@@ -1,44 +1,54 @@
 """Every step logged on TensorFlow, its statistics computed for many steps in one call.
 
-A call of its own after each batch costs about a third of a small model's step before it
-computes anything (`bench/callback_overhead.py --floors`), and the statistics' compiled
-program (about 70 kernels, each on a few thousand elements) about as much again. So where
-every step logs, the state at the start of each step (every variable the statistics read,
-and the optimizer's gradient record) is copied into a ring inside Keras' own train
-function, the state after the last step when the ring is read, and the statistics of all
-its steps are computed in one XLA call: a loop over the rows, each row's variables mapped
-to its copies (a Keras `StatelessScope`), the callback's buffers carried from row to row
-as from call to call. The state at the start of a step is what a call at the beginning of
-its batch reads (after other callbacks' hooks: a `LearningRateScheduler`'s new rate, say),
-so the numbers are those of a call after each step; what changes is when they reach the
-event file (at the latest after `steps_per_call` steps, at the end of each epoch and where
-a histogram is due).
+A compiled call of its own before each batch costs about a sixth of a small model's fit
+before it computes anything (`bench/callback_overhead.py --floors`: dispatch, and bringing
+the result to the host), and the statistics' program (about 70 kernels, each on a few
+thousand elements) about as much again. So where every step logs, the state at the start
+of each step (every variable the statistics read: the weights and all the optimizer's
+variables, and the optimizer's gradient record) is copied into a ring inside Keras' own
+train function, the state after the last step when the ring is read, and the statistics
+of all its steps are computed in one XLA call: a loop over the rows, each row's variables
+mapped to its copies (a Keras `StatelessScope`), the callback's buffers carried from row
+to row as from call to call. The kernels still run once a step; the call, its dispatch
+and its trip to the host are paid once for many steps. The state at the start of a step
+is what a call at the beginning of its batch reads, after the hooks of every callback
+(a `LearningRateScheduler`'s new rate, say; a call of the callback's own reads before the
+hooks of the callbacks listed after it), so the numbers are those of a call before each
+batch; what changes is when they reach the event file (at the latest after
+`steps_per_call` steps, at the end of each epoch and where a histogram is due: with
+histograms every H steps, at least every H steps).
 
 The train function that copies is Keras' own, made from the model's `train_step` with the
-copy after it (`Model._make_function`, Keras 3 on TensorFlow), and swapped in for the fits
-the callback is in (`install`, `uninstall`): the model, its saved files and the optimizer's
-variables do not change. The ring is the callback's: plain `tf.Variable`s, not tracked. A fit
-ended by an exception (Keras calls no `on_train_end`) leaves the copying function in place
-until the callback's next fit: a fit without it in between copies, into the last row, for
-nothing; the steps of the ended fit not yet read are lost.
+copy before it (`Model._make_function`, Keras 3 on TensorFlow), and swapped in for the
+fits the callback is in (`install`, `uninstall`): the model, its saved files and the
+optimizer's variables do not change. It is traced again at its first call (once per train
+function of the model's own), and Keras' own is kept beside it. The ring is the callback's:
+plain `tf.Variable`s, not tracked. A fit ended by an exception (Keras calls no
+`on_train_end`) leaves the copying function in place: the next fit with a callback that
+logs every step takes it off (a fit without one in between copies, into the last row, for
+nothing); the steps of the ended fit not yet read are lost.
 
-Not used (a call after each step is): with `steps_per_call=1`; on JAX and PyTorch; under a
-distribution strategy; with `steps_per_execution` > 1 or gradient accumulation; with a
+Not used (a call before each batch is): with `steps_per_call=1`; on JAX and PyTorch; under
+a distribution strategy; with `steps_per_execution` > 1 or gradient accumulation; with a
 learning rate given as a plain callable (read on the host before each step); with
 `stop_on_nonfinite` (it stops at the step that went non-finite) or the edge-of-stability
-probe (it reads the model at the log step); and where two copies of the state would take
-more than `BYTES` (a model that large spends its statistics' time in arithmetic, not in
-calls).
+probe (it reads the model at the log step); for the second of two such callbacks on one
+model; where the model's train function is made anew during a fit (by a callback after
+this one); and where three rows (two steps) would take more than `BYTES` (a model that
+large spends its statistics' time in arithmetic, not in calls). The gradient record's
+rows (about 10 KiB each) come on top.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import keras
 import numpy as np
 
 from keras_optlab.callbacks import _insight
 
-#: The most memory a ring's copies may take.
+#: The most memory a ring's copies of the variables may take.
 BYTES = 64 * 2**20
 
 
@@ -79,6 +89,7 @@ class Ring:
             self.records = variable(tf.zeros((steps + 1, width), "float32"))
         self.count = variable(tf.constant(0, "int32"))
         self._plain = self._copying = self._copy_now = None
+        self._fit = None  # the History of the fit it was installed for, weakly
 
     def copy(self):
         """Copies the state now into the next row: in the train step before the update
@@ -106,31 +117,36 @@ class Ring:
         self._copy_now()
 
     # ------------------------------------------------- Keras' train function
-    def install(self, model) -> bool:
-        """Makes the model's train function the one that copies, for this fit; False where
-        the model's train function is another ring's (two callbacks logging every step on
-        one model: the second makes a call after each step). The copying function is made
-        once per train function of the model's own (a `compile` makes a new one)."""
+    def install(self, model):
+        """Makes the model's train function the one that copies, for this fit (`fit_of`).
+        The copying function is made once per train function of the model's own (a
+        `compile` makes a new one). Another ring's copying function left on the model by
+        a fit that ended in an exception is taken off first (`installable`)."""
         plain = model.train_function
-        if plain is self._copying:
-            return True
-        if getattr(plain, "_copies_into_a_ring", False):
-            return False
-        if plain is not self._plain or self._copying is None:
-            step = model.train_step
+        if plain is not self._copying and _owner(plain) is not None:
+            plain = model.train_function = _owner(plain)._plain  # left by an ended fit
+        if plain is not self._copying:
+            if plain is not self._plain or self._copying is None:
+                step = model.train_step
 
-            def train_step(data):
-                self.copy()
-                return step(data)
+                def train_step(data):
+                    self.copy()
+                    return step(data)
 
-            self._plain, self._copying = plain, model._make_function(train_step)
-            self._copying._copies_into_a_ring = True
-        model.train_function = self._copying
-        return True
+                self._plain, self._copying = plain, model._make_function(train_step)
+                self._copying._ring = weakref.ref(self)
+            model.train_function = self._copying
+        history = getattr(model, "history", None)
+        self._fit = None if history is None else weakref.ref(history)
+
+    def installed(self, model) -> bool:
+        """Whether the model's train function is still this ring's (a callback after this
+        one may have had Keras make it anew)."""
+        return self._copying is not None and model.train_function is self._copying
 
     def uninstall(self, model):
         """Gives the model its own train function back."""
-        if self._copying is not None and model.train_function is self._copying:
+        if self.installed(model):
             model.train_function = self._plain
 
     # ---------------------------------------------------- the statistics' call
@@ -178,3 +194,19 @@ class Ring:
             return out
 
         return tf.function(fn, jit_compile=True, autograph=False)
+
+
+def installable(model) -> bool:
+    """False where the model's train function copies into another callback's ring in this
+    fit (two callbacks logging every step on one model: the second makes a call before
+    each batch). A fit is known by the `History` Keras makes for it (`model.history`)."""
+    owner, history = _owner(model.train_function), getattr(model, "history", None)
+    if owner is None or owner._fit is None or history is None:
+        return True
+    return owner._fit() is not history
+
+
+def _owner(function):
+    """The ring a train function copies into, or None."""
+    ref = getattr(function, "_ring", None)
+    return None if ref is None else ref()

@@ -136,8 +136,8 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
     no `on_train_end`). `steps_per_call=1` makes a call before each batch; so do
     `stop_on_nonfinite`, a learning rate given as a plain callable, the edge-of-stability
     probe, `steps_per_execution` > 1, gradient accumulation, a distribution strategy and
-    a second such callback on the same model. The ring takes at most 64 MiB: fewer steps
-    a call for a larger model (none where two steps do not fit).
+    a second such callback on the same model. The ring's copies take at most 64 MiB: fewer
+    steps a call for a larger model (none where two steps do not fit).
 
     What a step says beyond the rates (`insight=True`, the default; `_insight`), where the
     step's gradient is read (one step a window), for each scope:
@@ -289,7 +289,8 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             and not (lr_is_callable or self.stop_on_nonfinite or self._edge)
             and hasattr(model, "_make_function")
         )
-        made_for = ([id(v) for v in variables], id(reader.optimizer), spe, carry, xla, ring, self.insight)
+        made_for = [id(v) for v in variables], id(reader.optimizer), spe, carry, xla, ring, self.insight
+        made_for += (self.steps_per_call,)
         if made_for != self._made_for:  # other variables, optimizer or window
             self._compiled, self._buffers, self._plan, self._histogram_tags = {}, None, None, []
             self._state_readers, self._ring, self._made_for = None, None, made_for
@@ -317,7 +318,9 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             self._buffers.set_mark(start)
         if self._ring is not None and self._active:
             self._ring.count.assign(0)
-            self._use_ring = self._ring.install(model)
+            self._use_ring = _ring.installable(model)
+            if self._use_ring:
+                self._ring.install(model)
 
     def on_train_batch_begin(self, batch, logs=None):
         """Logs the step of the previous batch if it passed a multiple of `every_n_steps`,
@@ -402,17 +405,20 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         the ring is full or a histogram is due, before the batch copies the next."""
         if not self._reader.optimizer.built:  # Keras builds it in the first step: nothing to read yet
             return
-        if self._ring is None:
+        if self._ring is None and _ring.installable(self.model):
             self._function("snapshot")  # the buffers
             steps = _ring.steps_for(self._reads, self.steps_per_call)
             record = self._reader.optimizer.gradient_record if self._records else None
-            self._ring = _ring.Ring(self._reads, steps, record) if steps >= 2 else None
-            # too large a model, or another callback's ring on it: a call after each step
-            if self._ring is None or not self._ring.install(self.model):
-                self._use_ring = False
-                self._maybe_snapshot(False)
-                return
-            self._known = self._iterations()
+            if steps >= 2:
+                self._ring = _ring.Ring(self._reads, steps, record)
+                self._ring.install(self.model)
+                self._known = self._iterations()
+        # Too large a model, another callback's ring on it, or its train function made anew
+        # (by a callback after this one): a call before each batch.
+        if self._ring is None or not self._ring.installed(self.model):
+            self._use_ring, self._rows = False, 0
+            self._maybe_snapshot(False)
+            return
         if self._rows and (self._rows == self._ring.steps or self._histograms_due(self._known + self._rows)):
             self._flush()
         self._rows += 1
@@ -421,7 +427,11 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         """Reads the steps copied into the ring, in one call, and writes their statistics.
         Where histograms are due at the last step, that step is read as without a ring
         (the histograms read the state now, against the buffers the step before left)."""
-        rows, self._rows = self._rows, 0
+        # the steps copied (the host's count may differ: Keras begins a batch that finds
+        # the end of a dataset of unknown size)
+        self._rows, rows = 0, int(to_numpy(self._ring.count))
+        if not rows:
+            return
         last_alone = self._histograms_due(self._known + rows)
         if not last_alone:
             self._ring.copy_now()  # the state after the last step
