@@ -118,10 +118,10 @@ class Ring:
 
     # ------------------------------------------------- Keras' train function
     def install(self, model):
-        """Makes the model's train function the one that copies, for this fit (`fit_of`).
-        The copying function is made once per train function of the model's own (a
-        `compile` makes a new one). Another ring's copying function left on the model by
-        a fit that ended in an exception is taken off first (`installable`)."""
+        """Makes the model's train function the one that copies, for this fit (remembered
+        by its `History`, for `installable`). The copying function is made once per train
+        function of the model's own (a `compile` makes a new one). Another ring's copying
+        function, left on the model by a fit that ended in an exception, is taken off first."""
         plain = model.train_function
         if plain is not self._copying and _owner(plain) is not None:
             plain = model.train_function = _owner(plain)._plain  # left by an ended fit
