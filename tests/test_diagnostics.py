@@ -477,7 +477,7 @@ def test_every_step_logs_each_step_with_its_own_values(tmp_path):
     "make, jit_compile",
     [(lambda: ko.Adam(0.01), False), (lambda: keras.optimizers.RMSprop(0.01, momentum=0.5), True)],
 )
-def test_steps_read_many_in_one_call_log_what_a_call_after_each_step_logs(make, jit_compile, tmp_path):
+def test_steps_read_many_in_one_call_log_what_a_call_before_each_batch_logs(make, jit_compile, tmp_path):
     """Where every step logs on TensorFlow the state at the start of each step is copied in
     the train function and read `steps_per_call` steps at a time: every event the same as
     with a call before each batch (`steps_per_call=1`), over two fits, a full ring (3 steps,
@@ -895,7 +895,11 @@ def test_beside_keras_tensorboard_on_one_log_dir(tmp_path):
     [
         ({"every_n_steps": 0}, ValueError, "`every_n_steps` must be an int >= 1. Received: every_n_steps=0"),
         ({"every_n_steps": 2.5}, TypeError, "Received: every_n_steps=2.5"),
-        ({"steps_per_call": 0}, ValueError, "steps_per_call=0"),
+        (
+            {"steps_per_call": 0},
+            ValueError,
+            "`steps_per_call` must be an int >= 1. Received: steps_per_call=0",
+        ),
         ({"threshold_ratio": -1.0}, ValueError, "Received: threshold_ratio=-1.0"),
         ({"traces": ["dense/kernel"]}, ValueError, "`traces` must be a list of (variable path, index) pairs"),
         ({"run_name": ""}, ValueError, "`run_name` must be a non-empty string"),
