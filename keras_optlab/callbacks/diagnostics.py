@@ -289,8 +289,11 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             and not (lr_is_callable or self.stop_on_nonfinite or self._edge)
             and hasattr(model, "_make_function")
         )
-        made_for = [id(v) for v in variables], id(reader.optimizer), spe, carry, xla, ring, self.insight
-        made_for += (self.steps_per_call,)
+        made_for = (
+            [id(v) for v in variables],
+            id(reader.optimizer),
+            (spe, carry, xla, ring, self.insight, self.steps_per_call),
+        )
         if made_for != self._made_for:  # other variables, optimizer or window
             self._compiled, self._buffers, self._plan, self._histogram_tags = {}, None, None, []
             self._state_readers, self._ring, self._made_for = None, None, made_for
@@ -439,15 +442,8 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         n = int(to_numpy(out["n"]))
         scalars, ints = to_numpy(out["scalars"]), to_numpy(out["ints"])
         records = to_numpy(out["records"]) if "records" in out else None
-        count = len(self._variables)
         for k in range(n):
-            step, logged = int(ints[k, 0]), bool(ints[k, 1])
-            if logged:
-                per_variable = {"nonfinite": ints[k, 2 : 2 + count], "underflow": ints[k, 2 + count :]}
-                record = None if records is None else records[k]
-                self._log(step, self._known, scalars[k], record, per_variable, None)
-                self._mark = step
-            self._known = step
+            self._log_step(ints[k], scalars[k], None if records is None else records[k], self._known)
         self._batches_since = 0
         if last_alone:
             self._pending = (self._known, self._known + 1)
@@ -469,17 +465,23 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         # statistics' call reads the next step's into the buffer.
         lr = self._step_lr() if self._edge is not None else None
         out = self._function("stats")()
-        ints = to_numpy(out["ints"])
+        record = to_numpy(out["record"]) if "record" in out else None
+        self._log_step(to_numpy(out["ints"]), out["scalars"], record, step_before, histograms, lr)
+        self._batches_since = 0
+        return self._carry
+
+    def _log_step(self, ints, scalars, record, step_before, histograms=None, lr=None):
+        """Writes one step's statistics where they are to be logged, from the statistics'
+        "ints" (`iterations`, whether it is logged, each variable's non-finite and
+        underflow counts) and "scalars"."""
         step, logged = int(ints[0]), bool(ints[1])
-        self._known, self._batches_since = step, 0
+        self._known = step
         if logged:
             n = len(self._variables)
             per_variable = {"nonfinite": ints[2 : 2 + n], "underflow": ints[2 + n :]}
             histograms = histograms if self._histograms_due(step) else None
-            record = to_numpy(out["record"]) if "record" in out else None
-            self._log(step, step_before, to_numpy(out["scalars"]), record, per_variable, histograms, lr)
+            self._log(step, step_before, to_numpy(scalars), record, per_variable, histograms, lr)
             self._mark = step
-        return self._carry
 
     # --------------------------------------------------------------- writing
     def _log(self, step, step_before, values, record, per_variable, histograms, lr=None):
