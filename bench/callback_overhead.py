@@ -16,6 +16,15 @@ the rates left out), and for every step with `steps_per_call=1` (a compiled call
 batch, where by default on TensorFlow the state of each step is copied in the train function
 and up to 64 steps are read in one call; on the other backends the two are the same).
 
+Two rows come first, to read the others by: the same pairs with no callback on either model
+(an A/A run: what the pairs show with nothing to measure), and, for a keras_optlab optimizer on
+TensorFlow, with the gradient record on and still no callback (the record, which the callback
+turns on for its clipping advisor, costs in every train step, not in the callback's hooks).
+"in its hooks" is measured directly, without a second fit: the seconds a fit spent inside
+the callback's own hooks, over the fit without it in the same pair (the median of the pairs).
+It leaves out what the callback adds to the train step (the record; where every step logs on
+TensorFlow, the copy of each step's state), which only the ratio holds.
+
 `--floors` adds two callbacks that compute nothing, to show what any design that reads the
 state in a call of its own after each step pays: one calls an empty compiled function every
 step, the other one compiled function that reads every variable the statistics read (the
@@ -39,7 +48,7 @@ import keras
 from common import machine, median_interval, paired, write_json
 
 import keras_optlab as ko
-from keras_optlab.callbacks import OptimizerDiagnostics
+from keras_optlab.callbacks import OptimizerDiagnostics, _training
 from keras_optlab.callbacks._compiled import Compiled, to_numpy
 from keras_optlab.callbacks._training import variables_read
 from keras_optlab.lab import data, training
@@ -94,6 +103,7 @@ def main(argv=None):
     start = time.perf_counter()
     fit([], plain)  # traces the train function
     first_fit = time.perf_counter() - start
+    fit([])  # and the other model's
     steps_per_epoch = -(-len(dataset.x_train) // 32)
     steps = args.epochs * steps_per_epoch
     results = {"machine": machine(), "backend": keras.backend.backend(), "optimizer": args.optimizer}
@@ -101,18 +111,58 @@ def main(argv=None):
     kind = type(model.optimizer)
     print(f"{kind.__module__}.{kind.__name__} on {keras.backend.backend()}:", end=" ")
     print(f"{steps} steps a fit; {args.repeats} pairs each\n")
-    print(f"{'logging':45s} {'ratio (median)':>14s} {'95% interval':>16s} {'first fit, traced':>18s}")
+    print(
+        f"{'logging':45s} {'ratio (median)':>14s} {'95% interval':>16s} {'in its hooks':>13s} "
+        f"{'first fit, traced':>18s}"
+    )
 
-    def report(name, ratios, traced):
+    def report(name, ratios, traced, times=None, hooks=None):
         median, low, high = median_interval(ratios)
-        results["cases"][name] = {
-            "median": median,
-            "low": low,
-            "high": high,
-            "ratios": ratios,
-            "traced": traced,
-        }
-        print(f"{name:45s} {median:14.3f} {f'[{low:.3f}, {high:.3f}]':>16s} {traced:17.1f}s")
+        case = {"median": median, "low": low, "high": high, "ratios": ratios, "traced": traced}
+        shown = "-"
+        if hooks is not None:  # seconds in the callback's hooks, a share of the fit without it
+            shares = [spent / without for spent, (_, without) in zip(hooks, times, strict=True)]
+            case["hooks_share"] = median_interval(shares)
+            shown = f"{case['hooks_share'][0]:.3f}"
+        results["cases"][name] = case
+        traced = "-" if traced is None else f"{traced:.1f}s"
+        print(f"{name:45s} {median:14.3f} {f'[{low:.3f}, {high:.3f}]':>16s} {shown:>13s} {traced:>18s}")
+
+    def timed(callback):
+        """`callback`'s fit, and the seconds each such fit spent in its own hooks."""
+        spent = []
+        for name in HOOKS:
+            if getattr(type(callback), name) is not getattr(keras.callbacks.Callback, name):
+                hook = getattr(callback, name)
+
+                def timed_hook(*a, _hook=hook, **k):
+                    start = time.perf_counter()
+                    try:
+                        return _hook(*a, **k)
+                    finally:
+                        spent[-1] += time.perf_counter() - start
+
+                setattr(callback, name, timed_hook)
+
+        def run():
+            spent.append(0.0)
+            fit([callback])
+
+        return run, spent
+
+    # The two models alike, neither with a callback: what the pairs measure with nothing
+    # to measure (the machine's noise, and any difference of the two models' own).
+    report(
+        "none (A/A: the two models, no callback)",
+        paired(lambda: fit([]), lambda: fit([], plain), args.repeats),
+        None,
+    )
+    # Where the callback asks a keras_optlab optimizer for its gradient record (the
+    # clipping advisor's), each train step records: that cost alone, before any callback.
+    if _training.ask_for_gradient_record(model, model.optimizer):
+        fit([])  # traces the train function again, now recording
+        ratios = paired(lambda: fit([]), lambda: fit([], plain), args.repeats)
+        report("none, the gradient record on (insight's)", ratios, None)
 
     for k, (name, kwargs) in enumerate(settings.items()):
         callback = OptimizerDiagnostics(os.path.join(logdir, f"setting-{k}"), **kwargs)
@@ -128,13 +178,15 @@ def main(argv=None):
         fit([callback], epochs=warm_epochs)
         traced = time.perf_counter() - start
         callback.histogram_every_n_steps = histograms_every
-        ratios = paired(lambda c=callback: fit([c]), lambda: fit([], plain), args.repeats)
+        run, hooks = timed(callback)
+        times = []
+        ratios = paired(run, lambda: fit([], plain), args.repeats, times)
         logged = len(read_run(callback.run_dir)["update_ratio_log10/model"])
         expected = (args.repeats * steps + warm_epochs * steps_per_epoch) // callback.every_n_steps
         assert logged >= expected - (args.repeats + 1), (
             f"the callback logged {logged} times, expected ~{expected}"
         )
-        report(name, ratios, traced)
+        report(name, ratios, traced, times, hooks)
     floors = {}
     if args.floors:
         floors["floor: empty compiled call, every step"] = Floor(reads=False)
@@ -143,12 +195,25 @@ def main(argv=None):
         start = time.perf_counter()
         fit([floor])  # traces the floor's call
         traced = time.perf_counter() - start
-        ratios = paired(lambda c=floor: fit([c]), lambda: fit([], plain), args.repeats)
+        run, hooks = timed(floor)
+        times = []
+        ratios = paired(run, lambda: fit([], plain), args.repeats, times)
         assert floor.calls >= (args.repeats + 1) * steps, floor.calls  # with the tracing fit's
-        report(name, ratios, traced)
+        report(name, ratios, traced, times, hooks)
     if args.json:
         write_json(args.json, results)
         print(f"\nwrote {args.json}")
+
+
+#: The hooks a callback may override that a fit calls (timed where it does override them).
+HOOKS = (
+    "on_train_begin",
+    "on_epoch_begin",
+    "on_train_batch_begin",
+    "on_train_batch_end",
+    "on_epoch_end",
+    "on_train_end",
+)
 
 
 class Floor(keras.callbacks.Callback):

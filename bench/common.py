@@ -35,10 +35,11 @@ def median_interval(values, confidence=0.95):
     return median, xs[k - 1], xs[n - k]
 
 
-def paired(a, b, repeats: int):
+def paired(a, b, repeats: int, times: list | None = None):
     """Times `a()` and `b()` back to back `repeats` times, alternating which goes first.
 
-    Returns the ratios time(a) / time(b), one per pair.
+    Returns the ratios time(a) / time(b), one per pair; `times`, if given, gets each
+    pair's (time(a), time(b)) in seconds.
     """
     ratios = []
     for i in range(repeats):
@@ -49,6 +50,8 @@ def paired(a, b, repeats: int):
             fn()
             seconds[fn] = time.perf_counter() - start
         ratios.append(seconds[a] / seconds[b])
+        if times is not None:
+            times.append((seconds[a], seconds[b]))
     return ratios
 
 
