@@ -4,31 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 import warnings
-import weakref
 
 import keras
-import numpy as np
 
-from keras_optlab._paths import why_unwritable
-from keras_optlab.callbacks import (
-    _arguments,
-    _edge_of_stability,
-    _events,
-    _insight,
-    _ring,
-    _scopes,
-    _tags,
-    _training,
-)
+from keras_optlab.callbacks import _arguments, _edge_of_stability, _ring, _scopes, _training, _writing
 from keras_optlab.callbacks._compiled import backend, to_numpy
 from keras_optlab.callbacks._readers import reader_for
 from keras_optlab.callbacks._step_statistics import StepStatistics
+from keras_optlab.callbacks._writing import FLUSH_SECONDS
 from keras_optlab.optimizers._validation import check_bool, check_float, check_int
 
-#: How often the event file is written and flushed (and checked), besides the first log and the end of a fit.
-FLUSH_SECONDS = 5.0
+__all__ = ["FLUSH_SECONDS", "OptimizerDiagnostics"]
 
 
 class OptimizerDiagnostics(keras.callbacks.Callback):
@@ -225,12 +212,12 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
                 probe, self.curvature_every_n_steps, self.curvature_iterations
             )
         )
-        self._events = self._events_run = None
+        self._writer = _writing.Writer(
+            run_name, self.hparams, self.per_variable, self.stop_on_nonfinite, self._edge
+        )
         self._jax = False
-        self._failed = False
         self._active = False
         self._run = run_name  # the run of the current (or next) fit
-        self._runs = []  # [(weak reference to an optimizer, its run name)], in the order first written
         self._made_for = None  # what the statistics (`_step_statistics`) and the ring were made for
         self._statistics = None
         self._ring, self._use_ring, self._rows = None, False, 0  # `_ring`: steps copied, not yet read
@@ -248,17 +235,9 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         # callback as it was.
         model = self.model
         reader = reader_for(model.optimizer)
-        run = self._run_for(reader.optimizer)
+        run = self._writer.run_for(reader.optimizer)
         run_dir = os.path.normpath(os.path.join(self.log_dir, run))
-        reason = why_unwritable(self.log_dir)
-        if reason:
-            raise ValueError(f"`log_dir` cannot be written: {reason}. Received: log_dir={self.log_dir!r}")
-        reason = why_unwritable(run_dir)  # the run directory itself may be a file, say
-        if reason:
-            raise ValueError(
-                f"The run directory {run_dir} cannot be written: {reason}. "
-                f"Received: log_dir={self.log_dir!r}, run_name={self.run_name!r}"
-            )
+        _arguments.check_writable(self.log_dir, run_dir, self.run_name)
         variables = list(model.trainable_variables)
         structure = _scopes.structure(model, variables)
         trace_points = _arguments.resolve_traces(self.traces, structure)
@@ -266,11 +245,9 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
 
         if reader.note:
             warnings.warn(reader.note, stacklevel=1)
-        if run != self._events_run:
-            self._close_events()  # another optimizer: its own run
+        if run != self._writer.events_run:
+            self._writer.close()  # another optimizer: its own run
         self._run, self._reader = run, reader
-        # A callback that gave up in an earlier `fit` tries again.
-        self._failed = False
         self._active = _training.is_chief(getattr(model, "distribute_strategy", None))
         accumulation = getattr(reader.optimizer, "gradient_accumulation_steps", None)
         # Where every batch logs, each log's call also copies the state for the next one.
@@ -299,8 +276,8 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             self._ring, self._made_for = None, made_for
         self._use_ring, self._rows = ring, 0
         self._jax, self._spe = backend() == "jax", spe
-        self._structure, self._variables = structure, variables
         self._statistics.start(model, reader, variables, structure, trace_points, lr_is_callable)
+        self._writer.start(model, reader, structure, self._statistics, run, run_dir)
         start = self._iterations()
         self._start = self._mark = self._histogram_mark = start
         if self._edge is not None:
@@ -308,8 +285,6 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         self._known, self._batches_since = start, 0  # iterations last read, batches begun since
         self._logs_this_fit = self._epochs_this_fit = 0
         self._pending = None  # (iterations before, iterations after) of a batch whose snapshot is taken
-        self._reported = set()  # variables already reported for non-finite values
-        self._underflowed = set()  # ... and for an underflowed cache
         self._statistics.set_mark(start)
         if self._ring is not None and self._active:
             self._ring.count.assign(0)
@@ -340,16 +315,14 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         self._resolve_safely()
         if self._ring is not None:
             self._ring.uninstall(self.model)
-        # Written and flushed, not closed: a later `fit` with the same callback goes on
-        # writing to the same event file.
-        if self._events is not None and not self._failed:
-            try:
-                self._events.flush()
-            except Exception as error:
-                self._give_up(f"{type(error).__name__}: {error}")
-        if self._active and not self._failed and not self._logs_this_fit:
+        try:
+            self._writer.flush()
+        except Exception as error:
+            self._give_up(f"{type(error).__name__}: {error}")
+        if self._active and not self._writer.failed and not self._logs_this_fit:
             with contextlib.suppress(Exception):  # a diagnostic must never end a training run
-                self._say_nothing_was_written()
+                end = self._iterations() if self._reader.optimizer.built else self._start
+                _writing.say_nothing_was_written(self.every_n_steps, self._start, end, self._epochs_this_fit)
 
     # ------------------------------------------------------------ when to log
     def _resolve_safely(self):
@@ -472,162 +445,15 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         if logged:
             per_variable = self._statistics.variable_counts(ints)
             histograms = histograms if self._histograms_due(step) else None
-            self._log(step, step_before, to_numpy(scalars), record, per_variable, histograms, lr)
+            has_previous = self._logs_this_fit > 0
+            self._writer.write(
+                step, step_before, to_numpy(scalars), record, per_variable, histograms, lr, has_previous
+            )
+            self._logs_this_fit += 1
+            if histograms is not None:
+                self._histogram_mark = step
             self._mark = step
 
-    # --------------------------------------------------------------- writing
-    def _log(self, step, step_before, values, record, per_variable, histograms, lr=None):
-        plan = self._statistics.plan
-        has_previous = self._logs_this_fit > 0
-        first = self._events is None
-        if first:
-            self._events = _events.EventFile(self.run_dir)
-            self._events_run = self._run
-            if not any(ref() is self._reader.optimizer for ref, _ in self._runs):
-                self._runs.append((weakref.ref(self._reader.optimizer), self._run))
-            self._write_run_description(plan, values)
-        summary = plan.encode(values, has_previous)
-        if histograms is not None:
-            for (tag, gate), (low, high, counts) in zip(
-                self._statistics.histogram_tags, histograms, strict=True
-            ):
-                if gate != "previous" or has_previous:
-                    summary += _events.histogram_value(tag, to_numpy(low), to_numpy(high), to_numpy(counts))
-            self._histogram_mark = step
-        if not self._statistics.one_step_window:
-            summary += plan.encoder.encode(["execution_steps"], [step - step_before])
-        if record is not None:
-            summary += self._clipping_summary(record)
-        if self._edge is not None:
-            summary += self._edge.encode(plan.encoder, self.model, self._reader, self._variables, step, lr)
-        self._events.add(_events.summary_event(summary, step))
-        self._logs_this_fit += 1
-        if first or time.monotonic() - self._events.flushed_at > FLUSH_SECONDS:
-            self._events.flush()
-        self._report_nonfinite(step, per_variable["nonfinite"])
-        self._report_underflow(step, per_variable["underflow"])
-
-    def _clipping_summary(self, record) -> bytes:
-        """The clipping advisor's scalars (and the noise scale's) from the gradient record."""
-        figures = _insight.clipping_figures(record, len(self._variables))
-        tags = [tag for key, tag in _tags.CLIPPING.items() if key in figures]
-        values = [figures[key] for key in _tags.CLIPPING if key in figures]
-        if "noise" in figures:
-            tags.append(_tags.NOISE_SCALE)
-            values.append(figures["noise"])
-        if self.per_variable and tags:
-            optimizer, norms = self._reader.optimizer, figures["norms"]
-            for variable, scope in zip(self._variables, self._structure.variable_scopes, strict=True):
-                tags.append(_tags.CLIPPING_VARIABLE.format(scope=scope))
-                values.append(np.log10(max(norms[optimizer._get_variable_index(variable)], 1e-30)))
-        return self._statistics.plan.encoder.encode(tags, values)
-
-    def _write_run_description(self, plan, values):
-        """The dashboard, the layer order and the HParams, at step 0 of the run's first event file."""
-        from tensorboard.plugins.custom_scalar import summary as custom_scalar
-
-        layers = self._structure.layer_order
-        medians = [plan.value(values, f"effective_lr_log10/layer/{layer}/median") for layer in layers]
-        model = plan.value(values, "effective_lr_log10/model/median")
-        if model is None:  # an optimizer it cannot read: the update ratio (over the execution, if so)
-            ratio = "update_ratio_log10/{scope}"
-            ratio = ratio if self._statistics.one_step_window else _tags.OVER_EXECUTION[ratio]
-            medians = [plan.value(values, ratio.format(scope=f"layer/{layer}")) for layer in layers]
-            model = plan.value(values, ratio.format(scope="model"))
-        shown = _tags.shown_layers(layers, medians, model)
-        where = os.path.relpath(self.run_dir, os.path.dirname(os.path.dirname(self.run_dir)))
-        layout = _tags.layout(
-            layers, shown, chosen_by=f"chosen by run {where}", edge_of_stability=self._edge is not None
-        )
-        self._events.add(_events.proto_event(custom_scalar.pb(layout), 0))
-        described = "; ".join(f"{layer.scope}: Keras' {layer.keras_path}" for layer in self._structure.layers)
-        order = _events.text_value(
-            _tags.LAYER_ORDER, layers, description=f"The layers in model order ({described})"
-        )
-        self._events.add(_events.summary_event(order, 0))
-        if self.hparams:
-            from tensorboard.plugins.hparams import api as hp
-
-            config = _training.hparams(self.model.optimizer)
-            self._events.add(_events.proto_event(hp.hparams_pb(config, trial_id=self._run), 0))
-
-    def _close_events(self):
-        if self._events is not None:
-            with contextlib.suppress(Exception):  # the file may be broken already
-                self._events.close()
-        self._events = self._events_run = None
-
     def _give_up(self, reason):
-        self._failed = True
         self._active = False
-        self._close_events()
-        warnings.warn(
-            f"OptimizerDiagnostics stopped writing to {self.run_dir} ({reason}); training goes on without "
-            "optimizer diagnostics (a later `fit` with this callback tries again).",
-            stacklevel=1,
-        )
-
-    def _report_nonfinite(self, step, counts):
-        bad = self._newly_named(counts, self._reported)
-        if not bad:
-            return
-        where = ", ".join(f"{name}: {n} elements" for name, n, _ in bad)
-        action = (
-            "stopping training (stop_on_nonfinite=True)" if self.stop_on_nonfinite else "training goes on"
-        )
-        warnings.warn(
-            f"Non-finite values in the weights or optimizer state at step {step}: {where}; {action}.",
-            stacklevel=1,
-        )
-        if self.stop_on_nonfinite:
-            self.model.stop_training = True
-
-    def _report_underflow(self, step, counts):
-        """Warns, once per variable and `fit`, where the squared-gradient cache underflowed."""
-        bad = self._newly_named(counts, self._underflowed)
-        if not bad:
-            return
-        where = ", ".join(
-            f"{name}: {n} elements of {keras.backend.standardize_dtype(v.dtype)}" for name, n, v in bad
-        )
-        warnings.warn(
-            f"The squared-gradient cache underflowed at step {step} ({where}): the gradient is not zero but "
-            "its square is 0 in the dtype the optimizer keeps its state in, so the step divides by epsilon "
-            "alone. Keep the optimizer's state in float32 (a keras_optlab optimizer does) or raise epsilon.",
-            stacklevel=1,
-        )
-
-    def _newly_named(self, counts, reported: set) -> list:
-        """(name, count, variable) of each variable with a count that is not in `reported`
-        yet (and is now): its scope, and Keras' path where that differs. `counts`, one a
-        variable, may be empty (a rule without that count)."""
-        if not len(counts) or not counts.any():
-            return []
-        structure, out = self._structure, []
-        for v, scope, n in zip(structure.variables, structure.variable_scopes, counts, strict=True):
-            name = scope if scope == v.path else f"{scope} (Keras' {v.path})"
-            if n and name not in reported:
-                out.append((name, int(n), v))
-        reported.update(name for name, _, _ in out)
-        return out
-
-    def _run_for(self, optimizer) -> str:
-        """The run of `optimizer`: its own if it has written one, else the next free name."""
-        for ref, run in self._runs:
-            if ref() is optimizer:
-                return run
-        return self.run_name if not self._runs else f"{self.run_name}-{len(self._runs) + 1}"
-
-    def _say_nothing_was_written(self):
-        end = self._iterations() if self._reader.optimizer.built else self._start
-        steps, epochs = end - self._start, max(self._epochs_this_fit, 1)
-        per_epoch = max(steps // epochs, 1)
-        every = max(per_epoch // 4, 1)
-        warnings.warn(
-            f"OptimizerDiagnostics wrote nothing in this fit: it logs when optimizer.iterations passes a "
-            f"multiple of every_n_steps={self.every_n_steps}, and the fit took {steps} steps "
-            f"(iterations {self._start} to {end}; {epochs} epoch(s) of about {per_epoch} steps) without "
-            "passing one. For a small dataset choose every_n_steps below the steps of an epoch: here "
-            f"every_n_steps={every} would log about {per_epoch // every} times an epoch.",
-            stacklevel=1,
-        )
+        self._writer.give_up(reason)
