@@ -1,4 +1,5 @@
-"""The callback's arguments that need more than a range check: `run_name` and `traces`."""
+"""The callback's arguments that need more than a range check: `run_name` and `traces`, and,
+at the start of training, whether `log_dir` and the run directory can be written."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 from collections.abc import Iterable
 
 import numpy as np
+
+from keras_optlab._paths import why_unwritable
 
 
 def check_run_name(run_name) -> str:
@@ -26,6 +29,19 @@ def check_run_name(run_name) -> str:
             f'as "optimizer" or "runs/adam". Received: run_name={run_name!r}'
         )
     return normal  # "runs/adam/" is "runs/adam": its second run is "runs/adam-2"
+
+
+def check_writable(log_dir: str, run_dir: str, run_name: str) -> None:
+    """Refuses a `log_dir` or run directory that cannot be written, before any step."""
+    reason = why_unwritable(log_dir)
+    if reason:
+        raise ValueError(f"`log_dir` cannot be written: {reason}. Received: log_dir={log_dir!r}")
+    reason = why_unwritable(run_dir)  # the run directory itself may be a file, say
+    if reason:
+        raise ValueError(
+            f"The run directory {run_dir} cannot be written: {reason}. "
+            f"Received: log_dir={log_dir!r}, run_name={run_name!r}"
+        )
 
 
 def is_index(value) -> bool:

@@ -1,5 +1,5 @@
-"""The callback's own state between compiled calls (`Buffers`), and the tags and encoding
-of the scalars vector a log step returns (`Plan`)."""
+"""The callback's own state between compiled calls (`Buffers`), and the scalars vector a log
+step returns: its elements (`vector`), their tags and encoding (`Plan`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_optlab.callbacks import _events, _stats
+from keras_optlab.callbacks import _events, _stats, _tags
 from keras_optlab.callbacks._compiled import to_numpy
 
 
@@ -117,3 +117,51 @@ class Plan:
     def value(self, values, tag):
         i = self._index.get(tag)
         return None if i is None else float(values[i])
+
+
+def vector(stats, now, structure, layout, trace_points, per_variable, one_step_window, has_cache):
+    """The statistics of a step (`_stats.statistics`'s, with `_insight`'s and the rule's
+    terms) as one vector, and the plan that names its elements: the quantities at their
+    scopes, the weights traced (`trace_points`, read off `now`, the state after the step),
+    then the gates (not written). `has_cache`: the rule keeps a cache."""
+    names = _tags.scope_names(structure.layer_order, structure.variable_scopes, per_variable)
+    n_layers, n_scopes = len(structure.layers), len(names)
+    gates = [
+        (kind, stats[key])
+        for kind, key in (("touched", "touched"), ("weight", "weight_sumsq"))
+        if key in stats
+    ]
+    offsets = {kind: k * n_scopes for k, (kind, _) in enumerate(gates)}
+    plan, vector = Plan(), []
+    for quantity in (*_tags.QUANTITIES, *_tags.INSIGHT):
+        if quantity.key not in stats:
+            continue
+        if quantity.key == "cache_at_initial_value" and not has_cache:
+            continue  # all elements of a rule without a cache: nothing to count
+        tag = quantity.tag if one_step_window else _tags.OVER_EXECUTION.get(quantity.tag, quantity.tag)
+        rows = _tags.rows_of(quantity, n_layers, n_scopes, per_variable)
+        vector.append(ops.take(stats[quantity.key], rows))
+        for row in rows:
+            plan.add(tag.format(scope=names[row]), quantity.gate, offsets.get(quantity.gate), row)
+    for key in stats:
+        if key.startswith("term:"):
+            vector.append(stats[key])
+            plan.add(_tags.rule_term_tag(key[len("term:") :]), None, None, 0)
+    for i, variable in enumerate(structure.variables):
+        for name, index in trace_points.get(id(variable), []):
+            dtype = next(d for d, members in layout.groups.items() if i in members)
+            position = layout.offset[i] + int(np.ravel_multi_index(index, variable.shape))
+            entry = now[dtype]
+            for key, value, log in (
+                ("weight", entry["weight"], False),
+                ("momentum", entry["momentum"], False),
+                ("effective_lr_log10", entry["rate"], True),
+                ("cache_log10", entry["cache"], True),
+            ):
+                if value is not None:
+                    value = value[position]
+                    vector.append(ops.reshape(_stats.log10(value) if log else _stats.f32(value), [1]))
+                    plan.add(f"trace/{name}/{key}", None, None, 0)
+    plan.finish()
+    vector += [_stats.f32(gate) for _, gate in gates]
+    return [ops.reshape(_stats.f32(v), [-1]) for v in vector], plan

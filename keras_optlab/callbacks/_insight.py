@@ -136,6 +136,28 @@ def underflow(rule, after: dict, g):
     return ops.cast(ops.logical_and(ops.not_equal(g, 0), ops.equal(after[cache], 0)), "float32")
 
 
+def by_name(rule, terms_by_dtype: dict, now: dict, lr, t):
+    """`terms_by_dtype` ({dtype: per-element terms, flat}) as `_stats.statistics` takes
+    them: `extra` ({name: {dtype: flat}}) and the underflow flags ({dtype: flat}, or None
+    where a dtype has none); with the rule's scalar terms (Adam's bias corrections) from
+    one dtype's state in `now` (`StepStatistics`'s). None of them where a step's gradient
+    was not read (a dtype without terms)."""
+    if not terms_by_dtype or len(terms_by_dtype) != len(now):
+        return {}, None, {}
+    flags = {dtype: terms.pop("underflow", None) for dtype, terms in terms_by_dtype.items()}
+    flags = None if any(x is None for x in flags.values()) else flags
+    names = list(next(iter(terms_by_dtype.values())))
+    extra = {name: {dtype: terms[name] for dtype, terms in terms_by_dtype.items()} for name in names}
+    entry = next(iter(now.values()))
+    dtype = entry["rate"].dtype
+    scalars = {
+        f"term:{name}": ops.reshape(ops.cast(value, "float32"), [1])
+        for name, value in rule.terms(entry["state"], ops.cast(lr, dtype), ops.cast(t, dtype)).items()
+        if len(ops.shape(value)) == 0
+    }
+    return extra, flags, scalars
+
+
 def scope_quantities(sums: dict, frameworks) -> dict:
     """Each scope's figures from the sums of `terms` over it (vectors over the scopes):
     `sums` also holds "touched", "gradient_sumsq" and "momentum_sumsq" of `_stats`."""

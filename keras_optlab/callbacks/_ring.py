@@ -152,8 +152,8 @@ class Ring:
     # ---------------------------------------------------- the statistics' call
     def statistics(self, snapshot, statistics, buffers):
         """A compiled call that reads the rows copied since the last call: `snapshot()`
-        (the callback's, into its `buffers`) on the first row, then `statistics()` (the
-        callback's statistics of one step, against the buffers, returning "scalars" and
+        (`StepStatistics`', into its `buffers`) on the first row, then `statistics()` (its
+        statistics of one step, against the buffers, returning "scalars" and
         "ints", and moving the snapshot on) on each later row, in order, each on the
         state of its row, the buffers carried from row to row and written at the end.
         It returns "n", the steps read (rows - 1), and "scalars", "ints" and "records"

@@ -4,33 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 import warnings
-import weakref
 
 import keras
-import numpy as np
-from keras import ops
 
-from keras_optlab._paths import why_unwritable
-from keras_optlab.callbacks import (
-    _arguments,
-    _buffers,
-    _edge_of_stability,
-    _events,
-    _insight,
-    _ring,
-    _scopes,
-    _stats,
-    _tags,
-    _training,
-)
-from keras_optlab.callbacks._compiled import Compiled, backend, to_numpy
+from keras_optlab.callbacks import _arguments, _edge_of_stability, _ring, _scopes, _training, _writing
+from keras_optlab.callbacks._compiled import backend, to_numpy
 from keras_optlab.callbacks._readers import reader_for
+from keras_optlab.callbacks._step_statistics import StepStatistics
+from keras_optlab.callbacks._writing import FLUSH_SECONDS
 from keras_optlab.optimizers._validation import check_bool, check_float, check_int
 
-#: How often the event file is written and flushed (and checked), besides the first log and the end of a fit.
-FLUSH_SECONDS = 5.0
+__all__ = ["FLUSH_SECONDS", "OptimizerDiagnostics"]
 
 
 class OptimizerDiagnostics(keras.callbacks.Callback):
@@ -227,13 +212,14 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
                 probe, self.curvature_every_n_steps, self.curvature_iterations
             )
         )
-        self._events = self._events_run = None
+        self._writer = _writing.Writer(
+            run_name, self.hparams, self.per_variable, self.stop_on_nonfinite, self._edge
+        )
         self._jax = False
-        self._failed = False
         self._active = False
         self._run = run_name  # the run of the current (or next) fit
-        self._runs = []  # [(weak reference to an optimizer, its run name)], in the order first written
-        self._made_for = None  # what the compiled functions and buffers were made for
+        self._made_for = None  # what the statistics (`_step_statistics`) and the ring were made for
+        self._statistics = None
         self._ring, self._use_ring, self._rows = None, False, 0  # `_ring`: steps copied, not yet read
         self._pending = None
 
@@ -249,17 +235,9 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         # callback as it was.
         model = self.model
         reader = reader_for(model.optimizer)
-        run = self._run_for(reader.optimizer)
+        run = self._writer.run_for(reader.optimizer)
         run_dir = os.path.normpath(os.path.join(self.log_dir, run))
-        reason = why_unwritable(self.log_dir)
-        if reason:
-            raise ValueError(f"`log_dir` cannot be written: {reason}. Received: log_dir={self.log_dir!r}")
-        reason = why_unwritable(run_dir)  # the run directory itself may be a file, say
-        if reason:
-            raise ValueError(
-                f"The run directory {run_dir} cannot be written: {reason}. "
-                f"Received: log_dir={self.log_dir!r}, run_name={self.run_name!r}"
-            )
+        _arguments.check_writable(self.log_dir, run_dir, self.run_name)
         variables = list(model.trainable_variables)
         structure = _scopes.structure(model, variables)
         trace_points = _arguments.resolve_traces(self.traces, structure)
@@ -267,11 +245,9 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
 
         if reader.note:
             warnings.warn(reader.note, stacklevel=1)
-        if run != self._events_run:
-            self._close_events()  # another optimizer: its own run
+        if run != self._writer.events_run:
+            self._writer.close()  # another optimizer: its own run
         self._run, self._reader = run, reader
-        # A callback that gave up in an earlier `fit` tries again.
-        self._failed = False
         self._active = _training.is_chief(getattr(model, "distribute_strategy", None))
         accumulation = getattr(reader.optimizer, "gradient_accumulation_steps", None)
         # Where every batch logs, each log's call also copies the state for the next one.
@@ -295,19 +271,13 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             (spe, carry, xla, ring, self.insight, self.steps_per_call),
         )
         if made_for != self._made_for:  # other variables, optimizer or window
-            self._compiled, self._buffers, self._plan, self._histogram_tags = {}, None, None, []
-            self._state_readers, self._ring, self._made_for = None, None, made_for
+            arguments = (self.every_n_steps, self.threshold_ratio, self.per_variable, self.insight)
+            self._statistics = StepStatistics(*arguments, one_step_window=spe == 1, carry=carry, xla=xla)
+            self._ring, self._made_for = None, made_for
         self._use_ring, self._rows = ring, 0
-        self._carry, self._xla, self._jax = carry, xla, backend() == "jax"
-        self._structure, self._variables, self._trace_points = structure, variables, trace_points
-        twin = reader.twin if self.insight else None
-        self._others = {} if twin is None else _insight.drift_conventions(twin)
-        self._frameworks = list(self._others)
-        self._records = self.insight and _training.ask_for_gradient_record(model, reader.optimizer)
-        self._spe = spe
-        self._one_step_window = spe == 1
-        self._reads = _training.variables_read(model, reader.optimizer)
-        self._lr_is_callable = lr_is_callable
+        self._jax, self._spe = backend() == "jax", spe
+        self._statistics.start(model, reader, variables, structure, trace_points, lr_is_callable)
+        self._writer.start(model, reader, structure, self._statistics, run, run_dir)
         start = self._iterations()
         self._start = self._mark = self._histogram_mark = start
         if self._edge is not None:
@@ -315,10 +285,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         self._known, self._batches_since = start, 0  # iterations last read, batches begun since
         self._logs_this_fit = self._epochs_this_fit = 0
         self._pending = None  # (iterations before, iterations after) of a batch whose snapshot is taken
-        self._reported = set()  # variables already reported for non-finite values
-        self._underflowed = set()  # ... and for an underflowed cache
-        if self._buffers is not None:
-            self._buffers.set_mark(start)
+        self._statistics.set_mark(start)
         if self._ring is not None and self._active:
             self._ring.count.assign(0)
             self._use_ring = _ring.installable(model)
@@ -348,16 +315,14 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         self._resolve_safely()
         if self._ring is not None:
             self._ring.uninstall(self.model)
-        # Written and flushed, not closed: a later `fit` with the same callback goes on
-        # writing to the same event file.
-        if self._events is not None and not self._failed:
-            try:
-                self._events.flush()
-            except Exception as error:
-                self._give_up(f"{type(error).__name__}: {error}")
-        if self._active and not self._failed and not self._logs_this_fit:
+        try:
+            self._writer.flush()
+        except Exception as error:
+            self._give_up(f"{type(error).__name__}: {error}")
+        if self._active and not self._writer.failed and not self._logs_this_fit:
             with contextlib.suppress(Exception):  # a diagnostic must never end a training run
-                self._say_nothing_was_written()
+                end = self._iterations() if self._reader.optimizer.built else self._start
+                _writing.say_nothing_was_written(self.every_n_steps, self._start, end, self._epochs_this_fit)
 
     # ------------------------------------------------------------ when to log
     def _resolve_safely(self):
@@ -398,9 +363,8 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         if after // every <= self._mark // every:
             return
         if not carried:
-            self._function("snapshot")()
-        if self._lr_is_callable:  # a callable's value may change: read it now, as Keras will
-            self._buffers.lr.assign(np.float32(to_numpy(optimizer.learning_rate)))
+            self._statistics.function("snapshot")()
+        self._statistics.read_callable_lr()
         self._pending = (now, after)
 
     def _ring_batch_begin(self):
@@ -409,11 +373,12 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         if not self._reader.optimizer.built:  # Keras builds it in the first step: nothing to read yet
             return
         if self._ring is None and _ring.installable(self.model):
-            self._function("snapshot")  # the buffers
-            steps = _ring.steps_for(self._reads, self.steps_per_call)
-            record = self._reader.optimizer.gradient_record if self._records else None
+            statistics = self._statistics
+            statistics.function("snapshot")  # the buffers
+            steps = _ring.steps_for(statistics.reads, self.steps_per_call)
+            record = self._reader.optimizer.gradient_record if statistics.records else None
             if steps >= 2:
-                self._ring = _ring.Ring(self._reads, steps, record)
+                self._ring = _ring.Ring(statistics.reads, steps, record)
                 self._ring.install(self.model)
                 self._known = self._iterations()
         # Too large a model, another callback's ring on it, or its train function made anew
@@ -438,7 +403,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         last_alone = self._histograms_due(self._known + rows)
         if not last_alone:
             self._ring.copy_now()  # the state after the last step
-        out = self._function("ring")()
+        out = self._statistics.function("ring", self._ring)()
         n = int(to_numpy(out["n"]))
         scalars, ints = to_numpy(out["scalars"]), to_numpy(out["ints"])
         records = to_numpy(out["records"]) if "records" in out else None
@@ -460,15 +425,16 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         (step_before, step_after), self._pending = self._pending, None
         self._sync()
         # Histograms first: the statistics' call moves the snapshot on.
-        histograms = self._function("histograms")() if self._histograms_due(step_after) else None
+        statistics = self._statistics
+        histograms = statistics.function("histograms")() if self._histograms_due(step_after) else None
         # The step's learning rate, for the edge of stability: where every batch logs, the
         # statistics' call reads the next step's into the buffer.
-        lr = self._step_lr() if self._edge is not None else None
-        out = self._function("stats")()
+        lr = statistics.step_lr() if self._edge is not None else None
+        out = statistics.function("stats")()
         record = to_numpy(out["record"]) if "record" in out else None
         self._log_step(to_numpy(out["ints"]), out["scalars"], record, step_before, histograms, lr)
         self._batches_since = 0
-        return self._carry
+        return statistics.carry
 
     def _log_step(self, ints, scalars, record, step_before, histograms=None, lr=None):
         """Writes one step's statistics where they are to be logged, from the statistics'
@@ -477,507 +443,17 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         step, logged = int(ints[0]), bool(ints[1])
         self._known = step
         if logged:
-            n = len(self._variables)
-            per_variable = {"nonfinite": ints[2 : 2 + n], "underflow": ints[2 + n :]}
+            per_variable = self._statistics.variable_counts(ints)
             histograms = histograms if self._histograms_due(step) else None
-            self._log(step, step_before, to_numpy(scalars), record, per_variable, histograms, lr)
+            has_previous = self._logs_this_fit > 0
+            self._writer.write(
+                step, step_before, to_numpy(scalars), record, per_variable, histograms, lr, has_previous
+            )
+            self._logs_this_fit += 1
+            if histograms is not None:
+                self._histogram_mark = step
             self._mark = step
 
-    # --------------------------------------------------------------- writing
-    def _log(self, step, step_before, values, record, per_variable, histograms, lr=None):
-        plan = self._plan
-        has_previous = self._logs_this_fit > 0
-        first = self._events is None
-        if first:
-            self._events = _events.EventFile(self.run_dir)
-            self._events_run = self._run
-            if not any(ref() is self._reader.optimizer for ref, _ in self._runs):
-                self._runs.append((weakref.ref(self._reader.optimizer), self._run))
-            self._write_run_description(plan, values)
-        summary = plan.encode(values, has_previous)
-        if histograms is not None:
-            for (tag, gate), (low, high, counts) in zip(self._histogram_tags, histograms, strict=True):
-                if gate != "previous" or has_previous:
-                    summary += _events.histogram_value(tag, to_numpy(low), to_numpy(high), to_numpy(counts))
-            self._histogram_mark = step
-        if not self._one_step_window:
-            summary += plan.encoder.encode(["execution_steps"], [step - step_before])
-        if record is not None:
-            summary += self._clipping_summary(record)
-        if self._edge is not None:
-            summary += self._edge.encode(plan.encoder, self.model, self._reader, self._variables, step, lr)
-        self._events.add(_events.summary_event(summary, step))
-        self._logs_this_fit += 1
-        if first or time.monotonic() - self._events.flushed_at > FLUSH_SECONDS:
-            self._events.flush()
-        self._report_nonfinite(step, per_variable["nonfinite"])
-        self._report_underflow(step, per_variable["underflow"])
-
-    def _clipping_summary(self, record) -> bytes:
-        """The clipping advisor's scalars (and the noise scale's) from the gradient record."""
-        figures = _insight.clipping_figures(record, len(self._variables))
-        tags = [tag for key, tag in _tags.CLIPPING.items() if key in figures]
-        values = [figures[key] for key in _tags.CLIPPING if key in figures]
-        if "noise" in figures:
-            tags.append(_tags.NOISE_SCALE)
-            values.append(figures["noise"])
-        if self.per_variable and tags:
-            optimizer, norms = self._reader.optimizer, figures["norms"]
-            for variable, scope in zip(self._variables, self._structure.variable_scopes, strict=True):
-                tags.append(_tags.CLIPPING_VARIABLE.format(scope=scope))
-                values.append(np.log10(max(norms[optimizer._get_variable_index(variable)], 1e-30)))
-        return self._plan.encoder.encode(tags, values)
-
-    def _write_run_description(self, plan, values):
-        """The dashboard, the layer order and the HParams, at step 0 of the run's first event file."""
-        from tensorboard.plugins.custom_scalar import summary as custom_scalar
-
-        layers = self._structure.layer_order
-        medians = [plan.value(values, f"effective_lr_log10/layer/{layer}/median") for layer in layers]
-        model = plan.value(values, "effective_lr_log10/model/median")
-        if model is None:  # an optimizer it cannot read: the update ratio (over the execution, if so)
-            ratio = "update_ratio_log10/{scope}"
-            ratio = ratio if self._one_step_window else _tags.OVER_EXECUTION[ratio]
-            medians = [plan.value(values, ratio.format(scope=f"layer/{layer}")) for layer in layers]
-            model = plan.value(values, ratio.format(scope="model"))
-        shown = _tags.shown_layers(layers, medians, model)
-        where = os.path.relpath(self.run_dir, os.path.dirname(os.path.dirname(self.run_dir)))
-        layout = _tags.layout(
-            layers, shown, chosen_by=f"chosen by run {where}", edge_of_stability=self._edge is not None
-        )
-        self._events.add(_events.proto_event(custom_scalar.pb(layout), 0))
-        described = "; ".join(f"{layer.scope}: Keras' {layer.keras_path}" for layer in self._structure.layers)
-        order = _events.text_value(
-            _tags.LAYER_ORDER, layers, description=f"The layers in model order ({described})"
-        )
-        self._events.add(_events.summary_event(order, 0))
-        if self.hparams:
-            from tensorboard.plugins.hparams import api as hp
-
-            config = _training.hparams(self.model.optimizer)
-            self._events.add(_events.proto_event(hp.hparams_pb(config, trial_id=self._run), 0))
-
-    def _close_events(self):
-        if self._events is not None:
-            with contextlib.suppress(Exception):  # the file may be broken already
-                self._events.close()
-        self._events = self._events_run = None
-
     def _give_up(self, reason):
-        self._failed = True
         self._active = False
-        self._close_events()
-        warnings.warn(
-            f"OptimizerDiagnostics stopped writing to {self.run_dir} ({reason}); training goes on without "
-            "optimizer diagnostics (a later `fit` with this callback tries again).",
-            stacklevel=1,
-        )
-
-    def _report_nonfinite(self, step, counts):
-        bad = self._newly_named(counts, self._reported)
-        if not bad:
-            return
-        where = ", ".join(f"{name}: {n} elements" for name, n, _ in bad)
-        action = (
-            "stopping training (stop_on_nonfinite=True)" if self.stop_on_nonfinite else "training goes on"
-        )
-        warnings.warn(
-            f"Non-finite values in the weights or optimizer state at step {step}: {where}; {action}.",
-            stacklevel=1,
-        )
-        if self.stop_on_nonfinite:
-            self.model.stop_training = True
-
-    def _report_underflow(self, step, counts):
-        """Warns, once per variable and `fit`, where the squared-gradient cache underflowed."""
-        bad = self._newly_named(counts, self._underflowed)
-        if not bad:
-            return
-        where = ", ".join(
-            f"{name}: {n} elements of {keras.backend.standardize_dtype(v.dtype)}" for name, n, v in bad
-        )
-        warnings.warn(
-            f"The squared-gradient cache underflowed at step {step} ({where}): the gradient is not zero but "
-            "its square is 0 in the dtype the optimizer keeps its state in, so the step divides by epsilon "
-            "alone. Keep the optimizer's state in float32 (a keras_optlab optimizer does) or raise epsilon.",
-            stacklevel=1,
-        )
-
-    def _newly_named(self, counts, reported: set) -> list:
-        """(name, count, variable) of each variable with a count that is not in `reported`
-        yet (and is now): its scope, and Keras' path where that differs. `counts`, one a
-        variable, may be empty (a rule without that count)."""
-        if not len(counts) or not counts.any():
-            return []
-        structure, out = self._structure, []
-        for v, scope, n in zip(structure.variables, structure.variable_scopes, counts, strict=True):
-            name = scope if scope == v.path else f"{scope} (Keras' {v.path})"
-            if n and name not in reported:
-                out.append((name, int(n), v))
-        reported.update(name for name, _, _ in out)
-        return out
-
-    def _run_for(self, optimizer) -> str:
-        """The run of `optimizer`: its own if it has written one, else the next free name."""
-        for ref, run in self._runs:
-            if ref() is optimizer:
-                return run
-        return self.run_name if not self._runs else f"{self.run_name}-{len(self._runs) + 1}"
-
-    def _say_nothing_was_written(self):
-        end = self._iterations() if self._reader.optimizer.built else self._start
-        steps, epochs = end - self._start, max(self._epochs_this_fit, 1)
-        per_epoch = max(steps // epochs, 1)
-        every = max(per_epoch // 4, 1)
-        warnings.warn(
-            f"OptimizerDiagnostics wrote nothing in this fit: it logs when optimizer.iterations passes a "
-            f"multiple of every_n_steps={self.every_n_steps}, and the fit took {steps} steps "
-            f"(iterations {self._start} to {end}; {epochs} epoch(s) of about {per_epoch} steps) without "
-            "passing one. For a small dataset choose every_n_steps below the steps of an epoch: here "
-            f"every_n_steps={every} would log about {per_epoch // every} times an epoch.",
-            stacklevel=1,
-        )
-
-    # ------------------------------------------------- the compiled statistics
-    def _function(self, kind):
-        if self._buffers is None:  # made once the optimizer is built: the slots' shapes are known
-            sizes = [int(np.prod(v.shape)) for v in self._variables]
-            dtypes = [keras.backend.standardize_dtype(v.dtype) for v in self._variables]
-            layout = _stats.Layout(sizes, dtypes, self._scope_rows())
-            self._state_readers = [self._reader.state_reader(v) for v in self._variables]
-            # read again: on TensorFlow the optimizer's slots are made in the first step
-            self._reads = _training.variables_read(self.model, self._reader.optimizer)
-            current = self._current(layout)
-            keep_slots = self._reader.twin is not None and self._one_step_window
-            has_cache = self._reader.cache_slot is not None
-            self._buffers = _buffers.Buffers(layout, current, keep_slots, has_cache, self._mark)
-        if kind not in self._compiled:
-            buffers = self._buffers.variables()
-            if kind == "ring":
-                statistics = lambda: self._statistics(record=False)  # noqa: E731 (the ring copies the record)
-                self._compiled[kind] = self._ring.statistics(self._snapshot, statistics, buffers)
-                return self._compiled[kind]
-            fn = {"snapshot": self._snapshot, "stats": self._statistics, "histograms": self._histograms}[kind]
-            xla = self._xla and kind == "stats"
-            writes = [] if kind == "histograms" else buffers
-            self._compiled[kind] = Compiled(fn, [*self._reads, *buffers], writes, xla=xla)
-        return self._compiled[kind]
-
-    def _current(self, layout=None):
-        """The weights and slots now, per dtype: {dtype: {"weight": flat, slot: flat}}."""
-        reader, layout = self._reader, layout or self._buffers.layout
-        out = {}
-        for dtype, members in layout.groups.items():
-            variables = [self._variables[i] for i in members]
-            entry = {"weight": layout.flat(dtype, [ops.convert_to_tensor(v) for v in variables])}
-            if reader.twin is not None:
-                # slot variables, or views of flat buffers
-                states = [self._state_readers[i]() for i in members]
-                for name in states[0]:
-                    entry[name] = layout.flat(dtype, [ops.convert_to_tensor(st[name]) for st in states])
-            out[dtype] = entry
-        return out
-
-    def _snapshot(self, current=None, steps=None):
-        """Copies the weights (and the slots a gradient is read from), the learning rate
-        Keras will take the next step with, and `iterations`, into the buffers. `current`:
-        the state, where the caller has read it; `steps`: the other two counts, where the
-        caller has moved them on."""
-        reader, buffers = self._reader, self._buffers
-        buffers.write_before(self._current() if current is None else current)
-        if not self._lr_is_callable:
-            buffers.lr.assign(_stats.f32(reader.optimizer.learning_rate))
-        iterations = ops.cast(ops.convert_to_tensor(reader.optimizer.iterations), "int32")
-        if steps is None:
-            steps = ops.convert_to_tensor(buffers.steps)
-        buffers.steps.assign(ops.stack([iterations, steps[buffers.PREVIOUS_STEP], steps[buffers.MARK]]))
-        return {"step": iterations}
-
-    def _step_lr(self):
-        """The learning rate of the step just taken: read before it, into the buffer (or,
-        for the last step of an execution, a schedule evaluated for that step)."""
-        lr = ops.convert_to_tensor(self._buffers.lr)
-        if not self._one_step_window:
-            optimizer = self._reader.optimizer
-            lr = _training.learning_rate_of_last_step(
-                optimizer, ops.convert_to_tensor(optimizer.iterations), lr
-            )
-        return _stats.f32(lr)
-
-    def _rule(self, dtype, method, *args):
-        """`method(*args, variable)` (a rule's `rate_from_state`, say) on a dtype's flat
-        vectors: once, for an element-wise rule (as the optimizers' own groups run it),
-        else variable by variable, each flat argument (or dict of them) cut into the
-        variable's piece. `method` returns an array, or a dict of arrays."""
-        twin, layout = self._reader.twin, self._buffers.layout
-        if twin.elementwise:
-            return method(*args, _stats.Flat(layout.size(dtype), dtype))
-        size = layout.size(dtype)
-
-        def piece(k, x, shape):
-            flat = x is not None and len(ops.shape(x)) == 1 and ops.shape(x)[0] == size
-            return layout.piece(dtype, k, x, shape) if flat else x
-
-        pieces = []
-        for k, i in enumerate(layout.groups[dtype]):
-            shape = self._variables[i].shape
-            part = [
-                {name: piece(k, x, shape) for name, x in a.items()}
-                if isinstance(a, dict)
-                else piece(k, a, shape)
-                for a in args
-            ]
-            pieces.append(method(*part, self._variables[i]))
-        if isinstance(pieces[0], dict):
-            return {name: layout.flat(dtype, [p[name] for p in pieces]) for name in pieces[0]}
-        return layout.flat(dtype, pieces)
-
-    def _insight_terms(self, before, after, change, lr, t, touched, variable):
-        """The per-element terms of `_insight` for one step (flat or one variable's), with
-        "underflow" where the rule has a cache."""
-        reader = self._reader
-        g, signed = _insight.gradient_of(reader.twin, before, after, reader.rule_change(change), lr, t)
-        out = _insight.terms(reader.twin, self._others, before, after, change, g, signed, lr, t, touched)
-        underflow = _insight.underflow(reader.twin, after, g)
-        if underflow is not None:
-            out["underflow"] = underflow
-        return out
-
-    def _read(self, lr):
-        """The state now, per dtype, flat: the weights, slots, and what the rule makes of
-        them after the step taken at `lr`; the cache's growth per step since the previous
-        log. Returns (iterations, {dtype: {name: flat array or None}}, current)."""
-        reader, twin, buffers = self._reader, self._reader.twin, self._buffers
-        layout = buffers.layout
-        iterations = ops.convert_to_tensor(reader.optimizer.iterations)
-        previous_step = ops.convert_to_tensor(buffers.steps)[buffers.PREVIOUS_STEP]
-        steps_since = ops.maximum(_stats.f32(iterations) - _stats.f32(previous_step), 1.0)
-        current = self._current()
-        out = {}
-        for dtype, entry in current.items():
-            state = {name: value for name, value in entry.items() if name != "weight"}
-            arrays = {"weight": entry["weight"], "state": state, "rate": None, "touched": None}
-            arrays.update(momentum=None, cache=None, growth=None)
-            if twin is not None:
-                arrays["rate"] = self._rule(dtype, twin.rate_from_state, state, lr, iterations)
-                initial = self._rule(dtype, twin.initial_mask_from_state, state)
-                real = ops.convert_to_tensor(layout.real(dtype))
-                arrays["touched"] = ops.logical_and(ops.logical_not(initial), real)
-                arrays["momentum"] = state.get(reader.momentum_slot)
-                arrays["cache"] = state.get(reader.cache_slot)
-            if arrays["cache"] is not None:
-                previous = ops.convert_to_tensor(buffers.caches[dtype])
-                arrays["growth"] = (_stats.f32(arrays["cache"]) - previous) / steps_since
-            out[dtype] = arrays
-        return iterations, out, current
-
-    def _statistics(self, record=True):
-        """Every statistic of one log step, in one compiled call, from the state now and
-        the snapshot in the buffers.
-
-        The learning rate is that of the step just taken (read before it: a schedule
-        has moved on to the next step's by now): effective rates, the threshold and the
-        gradient recovered from the change of the state all use it.
-
-        Returns arrays only: "scalars" (a vector, tagged by `self._plan`, which tracing
-        records) and "ints" (`iterations`, whether it passed a multiple and is logged,
-        and the non-finite count of each variable). Where it logs, the caches go to the
-        buffers for the next log's growth; where every batch logs, the state for the
-        next log's snapshot too. `record`: with the gradient record's values, where the
-        optimizer records (the ring copies them itself).
-        """
-        reader, buffers = self._reader, self._buffers
-        layout = buffers.layout
-        lr = self._step_lr()
-        iterations, now, current = self._read(lr)
-        before = buffers.read_before()
-        arrays = {name: {} for name in ("weight", "change", "nonfinite", "gradient_squared")}
-        insight = {}  # dtype -> per-element terms of `_insight`
-        for name in ("rate", "touched", "momentum", "cache", "growth"):
-            arrays[name] = {}
-        for dtype, entry in now.items():
-            change = entry["weight"] - before[dtype]["weight"]
-            arrays["weight"][dtype] = before[dtype]["weight"]
-            arrays["change"][dtype] = change
-            arrays["nonfinite"][dtype] = _stats.nonfinite([entry["weight"], *entry["state"].values()])
-            gradient_squared = None
-            if entry["rate"] is not None and self._one_step_window:
-                rate_dtype = entry["rate"].dtype
-                # in the dtype of the rates (a 16-bit state's rule computes in float32)
-                slots_before = {k: ops.cast(v, rate_dtype) for k, v in before[dtype].items() if k != "weight"}
-                step = (
-                    slots_before,
-                    {k: ops.cast(v, rate_dtype) for k, v in entry["state"].items()},
-                    ops.cast(change, rate_dtype),
-                    ops.cast(lr, rate_dtype),
-                    ops.cast(iterations, rate_dtype),
-                )
-                gradient_squared = self._rule(
-                    dtype,
-                    lambda before, after, change, lr, t, variable: reader.gradient_squared(
-                        before, after, change, lr, t
-                    ),
-                    *step,
-                )
-                if self.insight:
-                    insight[dtype] = self._rule(dtype, self._insight_terms, *step, entry["touched"])
-            arrays["gradient_squared"][dtype] = gradient_squared
-            for name in ("rate", "touched", "momentum", "cache", "growth"):
-                arrays[name][dtype] = entry[name]
-        arrays = {k: None if any(x is None for x in v.values()) else v for k, v in arrays.items()}
-        extra, scalar_terms = self._insight_parts(arrays, insight, now, lr, iterations)
-        stats = _stats.statistics(layout, arrays, self.threshold_ratio * lr, extra)
-        if extra:
-            stats.update(_insight.scope_quantities(stats.pop("sums"), self._frameworks), **scalar_terms)
-        vector, plan = self._vector(stats, now)
-
-        # Logged where a step was taken since the snapshot and a multiple passed.
-        step = ops.cast(iterations, "int32")
-        every = self.every_n_steps
-        steps = ops.convert_to_tensor(buffers.steps)
-        mark = steps[buffers.MARK]
-        logged = ops.logical_and(step > steps[buffers.STEP_BEFORE], step // every > mark // every)
-        if buffers.caches:
-            buffers.write_caches({dtype: entry["cache"] for dtype, entry in now.items()}, logged)
-        steps = ops.where(logged, ops.stack([steps[0], step, step]), steps)
-        if self._carry:
-            self._snapshot(current, steps)
-        else:
-            buffers.steps.assign(steps)
-        if self._plan is None:
-            self._plan = plan
-        ints = [ops.reshape(step, [1]), ops.reshape(ops.cast(logged, "int32"), [1])]
-        per_variable = [ops.cast(stats["nonfinite_per_variable"], "int32")]
-        if "underflow_per_variable" in stats:
-            per_variable.append(ops.cast(stats["underflow_per_variable"], "int32"))
-        out = {
-            "scalars": ops.concatenate(vector, axis=0),
-            "ints": ops.concatenate([*ints, *per_variable], axis=0),
-        }
-        if self._records and record:
-            out["record"] = _insight.record_values(reader.optimizer.gradient_record)
-        return out
-
-    def _insight_parts(self, arrays, insight, now, lr, iterations):
-        """`_insight`'s per-element terms by name and dtype (`_stats.statistics`'s
-        `extra`; the underflow flags go to `arrays`), and the rule's scalar terms (Adam's
-        bias corrections); none where a step's gradient was not read."""
-        if not insight or len(insight) != len(now):
-            return {}, {}
-        underflow = {dtype: terms.pop("underflow", None) for dtype, terms in insight.items()}
-        arrays["underflow"] = None if any(x is None for x in underflow.values()) else underflow
-        names = list(next(iter(insight.values())))
-        extra = {name: {dtype: terms[name] for dtype, terms in insight.items()} for name in names}
-        entry = next(iter(now.values()))
-        dtype = entry["rate"].dtype
-        terms = self._reader.twin.terms(entry["state"], ops.cast(lr, dtype), ops.cast(iterations, dtype))
-        scalars = {
-            f"term:{name}": ops.reshape(_stats.f32(value), [1])
-            for name, value in terms.items()
-            if len(ops.shape(value)) == 0
-        }
-        return extra, scalars
-
-    def _vector(self, stats, now):
-        """The statistics as one vector, and the plan that names its elements: the
-        quantities at their scopes, the traces, then the gates (not written)."""
-        structure, reader, layout = self._structure, self._reader, self._buffers.layout
-        names = _tags.scope_names(structure.layer_order, structure.variable_scopes, self.per_variable)
-        n_layers, n_scopes = len(structure.layers), len(names)
-        gates = [
-            (kind, stats[key])
-            for kind, key in (("touched", "touched"), ("weight", "weight_sumsq"))
-            if key in stats
-        ]
-        offsets = {kind: k * n_scopes for k, (kind, _) in enumerate(gates)}
-        plan, vector = _buffers.Plan(), []
-        for quantity in (*_tags.QUANTITIES, *_tags.INSIGHT):
-            if quantity.key not in stats:
-                continue
-            if quantity.key == "cache_at_initial_value" and reader.cache_slot is None:
-                continue  # all elements of a rule without a cache: nothing to count
-            tag = (
-                quantity.tag
-                if self._one_step_window
-                else _tags.OVER_EXECUTION.get(quantity.tag, quantity.tag)
-            )
-            rows = _tags.rows_of(quantity, n_layers, n_scopes, self.per_variable)
-            vector.append(ops.take(stats[quantity.key], rows))
-            for row in rows:
-                plan.add(tag.format(scope=names[row]), quantity.gate, offsets.get(quantity.gate), row)
-        for key in stats:
-            if key.startswith("term:"):
-                vector.append(stats[key])
-                plan.add(_tags.rule_term_tag(key[len("term:") :]), None, None, 0)
-        for index, name, i in self._trace_list():
-            dtype = next(d for d, members in layout.groups.items() if i in members)
-            position = layout.offset[i] + int(np.ravel_multi_index(index, self._variables[i].shape))
-            entry = now[dtype]
-            for key, value, log in (
-                ("weight", entry["weight"], False),
-                ("momentum", entry["momentum"], False),
-                ("effective_lr_log10", entry["rate"], True),
-                ("cache_log10", entry["cache"], True),
-            ):
-                if value is not None:
-                    value = value[position]
-                    vector.append(ops.reshape(_stats.log10(value) if log else _stats.f32(value), [1]))
-                    plan.add(f"trace/{name}/{key}", None, None, 0)
-        plan.finish()
-        vector += [_stats.f32(gate) for _, gate in gates]
-        return [ops.reshape(_stats.f32(v), [-1]) for v in vector], plan
-
-    def _scope_rows(self):
-        """The variable indices of each scope: the model, the layers, the variables."""
-        structure = self._structure
-        layer_of = structure.variable_layer
-        rows = [list(range(len(self._variables)))]
-        rows += [[i for i, j in enumerate(layer_of) if j == k] for k in range(len(structure.layers))]
-        if self.per_variable:
-            rows += [[i] for i in range(len(self._variables))]
-        return rows
-
-    def _histograms(self):
-        """Histograms of log10 effective rates, momentum and cache growth per layer (and
-        per variable); their tags go to `self._histogram_tags`, as tracing finds them."""
-        structure, layout = self._structure, self._buffers.layout
-        _, now, _ = self._read(self._step_lr())
-        layer_of = structure.variable_layer
-        groups = [
-            (f"layer/{layer.scope}", [i for i, j in enumerate(layer_of) if j == k])
-            for k, layer in enumerate(structure.layers)
-        ]
-        if self.per_variable:
-            groups += [(f"var/{scope}", [i]) for i, scope in enumerate(structure.variable_scopes)]
-
-        def pieces(kind, members):
-            out = []
-            for i in members:
-                dtype = next(d for d, m in layout.groups.items() if i in m)
-                value = now[dtype][kind]
-                if value is None:
-                    return None
-                out.append(value[layout.offset[i] : layout.offset[i] + layout.sizes[i]])
-            return out[0] if len(out) == 1 else ops.concatenate(out, axis=0)
-
-        out, tags = [], []
-        for scope, members in groups:
-            for kind, gate in (("rate", None), ("momentum", None), ("growth", "previous")):
-                values = pieces(kind, members)
-                if values is None:
-                    continue
-                if kind == "rate":
-                    out.append(_stats.histogram(_stats.log10(values), pieces("touched", members)))
-                else:
-                    out.append(_stats.histogram(values))
-                tags.append((_tags.HISTOGRAMS[kind].format(scope=scope), gate))
-        self._histogram_tags = tags
-        return out
-
-    def _trace_list(self):
-        """(index, tag name, variable index) of each traced weight."""
-        out = []
-        for i, variable in enumerate(self._variables):
-            for name, index in self._trace_points.get(id(variable), []):
-                out.append((index, name, i))
-        return out
+        self._writer.give_up(reason)
