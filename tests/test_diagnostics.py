@@ -1373,18 +1373,26 @@ def test_the_clipping_advisor_against_the_batches_gradient_norms(tmp_path):
 def test_an_underflowed_second_moment_is_named_with_its_step(tmp_path):
     """Keras' own Adam on a float16 weight with g = 1e-3 and lr = 1e-3: v = (1 - beta_2) g^2 =
     1e-9 is 0 in float16, and the step moves the weight from 1.0 to 0.5. The callback names
-    the variable and the step; keras_optlab's Adam keeps its state in float32 and is not named."""
+    the variable and the step; keras_optlab's Adam keeps its state in float32 and is not named.
+    Nor is a float32 weight whose gradient, 1e-24, squares to 0 in float32: its v underflows
+    too, but sqrt(v) would be far below epsilon, which sets the step either way."""
     x, y = np.ones((4, 1), "float32"), np.zeros((4, 1), "float32")
 
-    def loss(y_true, y_pred):  # d/dw = 1e-3 at every step
-        return 1e-3 * keras.ops.mean(y_pred, axis=-1)
-
     said = {}
-    for name, optimizer in (("keras", keras.optimizers.Adam(1e-3)), ("ours", ko.Adam(1e-3))):
+    cases = (
+        ("keras", keras.optimizers.Adam(1e-3), "float16", 1e-3),
+        ("ours", ko.Adam(1e-3), "float16", 1e-3),
+        ("keras, float32, g = 1e-24", keras.optimizers.Adam(1e-3), "float32", 1e-24),
+    )
+    for name, optimizer, dtype, gradient in cases:
+
+        def loss(y_true, y_pred, gradient=gradient):  # d/dw = gradient at every step
+            return gradient * keras.ops.mean(y_pred, axis=-1)
+
         model = keras.Sequential(
             [
                 keras.Input((1,)),
-                keras.layers.Dense(1, use_bias=False, kernel_initializer="ones", dtype="float16"),
+                keras.layers.Dense(1, use_bias=False, kernel_initializer="ones", dtype=dtype),
             ]
         )
         model.compile(optimizer=optimizer, loss=loss)
@@ -1395,11 +1403,15 @@ def test_an_underflowed_second_moment_is_named_with_its_step(tmp_path):
         said[name] = [str(w.message) for w in caught if "underflowed" in str(w.message)]
         if name == "keras":
             assert float(model.trainable_variables[0].numpy()[0, 0]) < 0  # steps of about 0.5 (lr / eps)
+        if dtype == "float32":  # v underflowed (m did not): there is something not to name
+            slots = {v.path.rsplit("_", 1)[-1]: _np(v) for v in model.optimizer.variables if v.shape}
+            assert slots["velocity"] == 0 and 0 < abs(slots["momentum"]) < 1e-24
     assert len(said["keras"]) == 1
     assert re.search(
         r"at step 2 \(0_dense/kernel \(Keras' [\w/]+\): 1 elements of float16\)", said["keras"][0]
     )
     assert said["ours"] == []
+    assert said["keras, float32, g = 1e-24"] == []
 
 
 @tensorflow_only

@@ -18,7 +18,8 @@ model, a layer, a variable: `_stats` sums them by blocks) give that scope's figu
   convention's terms (`Rule.convert_state`; `drift_conventions` says which frameworks);
 - underflow: elements whose gradient is not zero but whose squared-gradient cache is
   exactly 0 in the dtype the rule computes in (the second moment underflowed: Keras'
-  own Adam on a float16 variable), counted per variable for a warning.
+  own Adam on a float16 variable), where that changed the step (`underflow`), counted
+  per variable for a warning.
 
 Where the slots tell only g^2 (Adagrad, plain RMSProp: `Rule.gradient` is None), the
 gradient's magnitude stands in for it: those rules' state depends on g^2 alone and
@@ -127,13 +128,27 @@ def terms(rule, others: dict, before: dict, after: dict, change, g, signed: bool
     return out
 
 
-def underflow(rule, after: dict, g):
-    """1 where the gradient is not zero but the squared-gradient cache is exactly 0 (it
-    underflowed), else 0; None for a rule without a cache."""
+def underflow(rule, after: dict, g, lr, t):
+    """1 where the squared-gradient cache underflowed and that changed the step, else 0;
+    None for a rule without a cache. Underflowed: the gradient is not zero but the cache
+    is exactly 0. Changed the step: had the cache (and any other slot exactly 0 there,
+    AMSGrad's maximum) kept this step's g^2, computed in float32, its root would outweigh
+    epsilon in the denominator (`Rule.denominator`). A float32 gradient whose square is 0
+    (|g| < 4e-23) is far below any epsilon, which sets the step either way."""
     cache = rule.slot_named(CACHE)
     if cache is None or g is None:
         return None
-    return ops.cast(ops.logical_and(ops.not_equal(g, 0), ops.equal(after[cache], 0)), "float32")
+    lost = ops.logical_and(ops.not_equal(g, 0), ops.equal(after[cache], 0))
+    kept = ops.square(ops.cast(g, "float32"))
+    state = {
+        name: ops.where(ops.logical_and(lost, ops.equal(value, 0)), kept, ops.cast(value, "float32"))
+        for name, value in after.items()
+    }
+    parts = rule.denominator(state, ops.cast(lr, "float32"), t)
+    if parts is not None:
+        root, epsilon = parts
+        lost = ops.logical_and(lost, ops.greater(root, epsilon))
+    return ops.cast(lost, "float32")
 
 
 def by_name(rule, terms_by_dtype: dict, now: dict, lr, t):

@@ -342,7 +342,7 @@ class StepStatistics:
         reader = self.reader
         g, signed = _insight.gradient_of(reader.twin, before, after, reader.rule_change(change), lr, t)
         out = _insight.terms(reader.twin, self.others, before, after, change, g, signed, lr, t, touched)
-        underflow = _insight.underflow(reader.twin, after, g)
+        underflow = _insight.underflow(reader.twin, after, g, lr, t)
         if underflow is not None:
             out["underflow"] = underflow
         return out

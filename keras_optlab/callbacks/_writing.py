@@ -178,7 +178,8 @@ class Writer:
             self.model.stop_training = True
 
     def _report_underflow(self, step, counts):
-        """Warns, once per variable and `fit`, where the squared-gradient cache underflowed."""
+        """Warns, once per variable and `fit`, where the squared-gradient cache underflowed and
+        that changed the step (`_insight.underflow`)."""
         bad = self._newly_named(counts, self._underflowed)
         if not bad:
             return
@@ -188,7 +189,8 @@ class Writer:
         warnings.warn(
             f"The squared-gradient cache underflowed at step {step} ({where}): the gradient is not zero but "
             "its square is 0 in the dtype the optimizer keeps its state in, so the step divides by epsilon "
-            "alone. Keep the optimizer's state in float32 (a keras_optlab optimizer does) or raise epsilon.",
+            "alone, where the square's root would have outweighed epsilon. Keep the optimizer's state in "
+            "float32 (a keras_optlab optimizer does) or raise epsilon.",
             stacklevel=1,
         )
 
