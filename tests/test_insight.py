@@ -96,21 +96,30 @@ def test_no_drift_where_conventions_agree_and_none_where_no_mapping_exists():
     assert "optax" not in _insight.drift_conventions(amsgrad)  # no mapping: no drift tag
 
 
-def test_keras_adam_on_float16_loses_its_second_moment_and_ours_does_not():
+@pytest.mark.parametrize(
+    "dtype, gradient, counted", [("float16", 1e-3, 4.0), ("float32", 1e-24, 0.0)], ids=["float16", "float32"]
+)
+def test_keras_adam_on_float16_loses_its_second_moment_and_ours_does_not(dtype, gradient, counted):
     """g = 1e-3, lr = 1e-3: Keras' Adam computes in float16, where (1 - beta_2) g^2 = 1e-9
-    is 0, and moves the weight from 1.0 to 0.5 in one step; ours computes in float32."""
+    is 0, and moves the weight from 1.0 to 0.5 in one step; ours computes in float32. In
+    float32, g = 1e-24 squares to 0 as well, but sqrt(g^2) is far below epsilon (1e-7),
+    which sets the step either way: the weight moves by about lr g / eps = 1e-20, as it
+    would with v kept, and nothing is counted."""
     from keras_optlab.callbacks._readers import reader_for
 
     moved = {}
     for name, optimizer in {"keras": keras.optimizers.Adam(1e-3), "ours": ko.Adam(1e-3)}.items():
-        w = keras.Variable(np.ones(4, "float16"), dtype="float16")
+        w = keras.Variable(np.ones(4, dtype), dtype=dtype)
         optimizer.build([w])
         reader = reader_for(optimizer)
         before = dict(reader.state(w))
-        optimizer.apply([tf.constant([1e-3] * 4, tf.float16)], [w])
+        optimizer.apply([tf.constant([gradient] * 4, dtype)], [w])
         after = {k: tf.convert_to_tensor(v) for k, v in reader.state(w).items()}
         g = reader.twin.gradient(before, after, None, 1e-3, 1)
-        lost = _insight.underflow(reader.twin, after, g)
+        if name == "keras":
+            assert float(tf.reduce_max(tf.abs(after["v"]))) == 0 and float(tf.reduce_min(tf.abs(g))) > 0
+        lost = _insight.underflow(reader.twin, after, g, 1e-3, 1)
         moved[name] = (float(w.numpy()[0]), float(tf.reduce_sum(lost)))
-    assert moved["keras"] == (0.5, 4.0)
-    assert moved["ours"][0] == pytest.approx(1 - 1e-3, abs=1e-3) and moved["ours"][1] == 0
+    assert moved["keras"] == ((0.5, counted) if dtype == "float16" else (1.0, counted))
+    assert moved["ours"][0] == pytest.approx(1 - 1e-3 if dtype == "float16" else 1.0, abs=1e-3)
+    assert moved["ours"][1] == 0

@@ -144,7 +144,7 @@ def underflow(rule, after: dict, g, lr, t):
         name: ops.where(ops.logical_and(lost, ops.equal(value, 0)), kept, ops.cast(value, "float32"))
         for name, value in after.items()
     }
-    parts = rule.denominator(state, ops.cast(lr, "float32"), t)
+    parts = rule.denominator(state, ops.cast(lr, "float32"), ops.cast(t, "float32"))
     if parts is not None:
         root, epsilon = parts
         lost = ops.logical_and(lost, ops.greater(root, epsilon))
