@@ -149,7 +149,7 @@ def vector(stats, now, structure, layout, trace_points, per_variable, one_step_w
             plan.add(_tags.rule_term_tag(key[len("term:") :]), None, None, 0)
     for i, variable in enumerate(structure.variables):
         for name, index in trace_points.get(id(variable), []):
-            dtype = next(d for d, members in layout.groups.items() if i in members)
+            dtype = layout.dtype_of[i]
             position = layout.offset[i] + int(np.ravel_multi_index(index, variable.shape))
             entry = now[dtype]
             for key, value, log in (

@@ -53,7 +53,7 @@ class Layout:
     """Where each variable lies in the flat vectors (one a dtype), and which blocks each
     scope sums.
 
-    `sizes`, `dtypes`: the variables'; `rows`: each scope's variable indices. Each
+    `sizes`, `dtype_of`: the variables'; `rows`: each scope's variable indices. Each
     variable is padded to a whole number of blocks of `block` elements (at least 128,
     more for large models, so that a model has at most about 4,096 blocks besides one a
     variable); blocks are numbered through the dtypes' vectors in turn."""
@@ -62,6 +62,7 @@ class Layout:
         total = sum(sizes)
         self.block = max(128, 1 << max(0, math.ceil(math.log2(max(total, 1) / 4096))))
         self.sizes = list(sizes)
+        self.dtype_of = list(dtypes)  # variable index -> the dtype of its vector
         self.padded = [-(-n // self.block) * self.block for n in sizes]
         self.groups = {}  # dtype -> the indices of its variables, in order
         for i, dtype in enumerate(dtypes):

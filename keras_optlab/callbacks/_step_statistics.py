@@ -232,7 +232,7 @@ class StepStatistics:
         def pieces(kind, members):
             out = []
             for i in members:
-                dtype = next(d for d, m in layout.groups.items() if i in m)
+                dtype = layout.dtype_of[i]
                 value = now[dtype][kind]
                 if value is None:
                     return None
