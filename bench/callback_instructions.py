@@ -1,0 +1,156 @@
+"""What OptimizerDiagnostics costs at its default interval, counted in instructions, not seconds.
+
+    python bench/callback_instructions.py [--repeats 2] [--epochs 5] [--json FILE]
+
+Needs valgrind (Debian's `valgrind` package). The script runs itself again under
+`valgrind --tool=callgrind` with instrumentation off, and turns it on (`callgrind_control`)
+for each measured fit only: the lab's model (MLP 64-64-32-10 on scikit-learn's digits, batch
+32) fits `--epochs` epochs, in turn on each of these models, after warm-up fits that trace
+every function:
+
+  plain             keras_optlab's Adam, no callback
+  record            keras_optlab's Adam recording its gradient norms (what the callback asks
+                    of it for its clipping advisor), no callback
+  callback          keras_optlab's Adam with OptimizerDiagnostics at its default interval
+  keras plain       Keras' Adam, no callback
+  keras callback    Keras' Adam with OptimizerDiagnostics at its default interval
+
+and prints each fit's instructions (all threads) over those of its plain twin. Why: paired
+timing on these shared machines has 95% intervals about 30% wide even with nothing to measure
+(`bench/callback_overhead.py`'s A/A row), which cannot tell 1.02 from 1.05; a count of
+instructions is the same from run to run to about 1% whatever else the machine does. It is
+a count of work, not of time: an instruction of Python's interpreter and one of a fused
+kernel count alike, and threads that spin while they wait count too (TensorFlow's thread
+pools: set to one thread each here, what is left shows in the repeats' spread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODELS = ["plain", "record", "callback", "keras plain", "keras callback"]
+TWIN = {"record": "plain", "callback": "plain", "keras callback": "keras plain"}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--measure", metavar="DIR", help=argparse.SUPPRESS)  # the run under valgrind
+    args = parser.parse_args(argv)
+    if args.measure:
+        return measure(args)
+    for tool in ("valgrind", "callgrind_control"):
+        if shutil.which(tool) is None:
+            sys.exit(f"error: {tool} is not installed (Debian: apt-get install valgrind)")
+    out = tempfile.mkdtemp(prefix="optlab-callgrind-")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_NUM_INTEROP_THREADS="1", TF_NUM_INTRAOP_THREADS="1")
+    command = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
+    command += [f"--callgrind-out-file={out}/callgrind.out"]
+    command += [sys.executable, os.path.abspath(__file__), "--measure", out]
+    command += ["--repeats", str(args.repeats), "--epochs", str(args.epochs)]
+    print("running the fits under callgrind (about 20 minutes for the defaults) ...", flush=True)
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"error: the run under valgrind failed:\n{result.stderr[-3000:]}")
+    counts = {}  # model -> [instructions of each repeat]
+    with open(os.path.join(out, "steps")) as f:
+        steps = int(f.read())
+    for name in sorted(os.listdir(out)):
+        if not name.startswith("callgrind.out"):
+            continue
+        text = open(os.path.join(out, name), errors="replace").read()
+        trigger = re.search(r"^desc: Trigger: dump (.+)$", text, re.M)
+        totals = re.search(r"^totals: (\d+)", text, re.M)
+        if trigger and totals:
+            model = trigger.group(1).strip().rsplit("#", 1)[0].replace("_", " ")
+            counts.setdefault(model, []).append(int(totals.group(1)))
+    shutil.rmtree(out, ignore_errors=True)
+    missing = [m for m in MODELS if len(counts.get(m, [])) != args.repeats]
+    if missing:
+        sys.exit(f"error: no count for {missing}: {sorted(counts)}")
+    print(f"\n{args.epochs} epochs ({steps} steps) a fit, {args.repeats} fits a model", end="; ")
+    print("instructions of all threads\n")
+    print(f"{'model':16s} {'instructions a fit (each repeat)':>44s} {'over its plain twin':>20s}")
+    results = {"epochs": args.epochs, "steps": steps, "counts": counts, "ratios": {}}
+    for model in MODELS:
+        each = counts[model]
+        shown = ", ".join(f"{c / 1e9:.4f}e9" for c in each)
+        ratio = "-"
+        if model in TWIN:
+            base = counts[TWIN[model]]
+            ratios = [c / b for c, b in zip(each, base, strict=True)]
+            results["ratios"][model] = ratios
+            ratio = ", ".join(f"{r:.4f}" for r in ratios)
+        print(f"{model:16s} {shown:>44s} {ratio:>20s}")
+    spread = max(counts["plain"]) / min(counts["plain"]) - 1
+    print(f"\nthe plain fits' spread (max / min - 1): {spread:.4f}")
+    if args.json:
+        sys.path.insert(0, HERE)
+        from common import write_json
+
+        write_json(args.json, results)
+        print(f"wrote {args.json}")
+
+
+def measure(args):
+    """Under callgrind: the warm-up fits, then each model's fits, each dumped on its own."""
+    sys.path.insert(0, os.path.dirname(HERE))
+    import keras
+
+    import keras_optlab as ko
+    from keras_optlab.callbacks import OptimizerDiagnostics, _training
+    from keras_optlab.lab import data, training
+
+    dataset = data.load("digits")
+    logs = tempfile.mkdtemp(prefix="optlab-callgrind-logs-")
+
+    def build(optimizer):
+        model = training.build_model(dataset, "mlp", seed=0)
+        training.compile_for(model, dataset, optimizer)
+        return model
+
+    models = {name: build(ko.Adam() if "keras" not in name else keras.optimizers.Adam()) for name in MODELS}
+    _training.ask_for_gradient_record(models["record"], models["record"].optimizer)
+    callbacks = {name: [] for name in MODELS}
+    for name in ("callback", "keras callback"):
+        callbacks[name] = [OptimizerDiagnostics(os.path.join(logs, name.replace(" ", "_")))]
+
+    def fit(name, epochs):
+        x, y = dataset.x_train, dataset.y_train
+        models[name].fit(x, y, epochs=epochs, batch_size=32, verbose=0, callbacks=callbacks[name])
+
+    for name in MODELS:  # traces the train functions, the callbacks' statistics and histograms
+        histograms = [c.histogram_every_n_steps for c in callbacks[name]]
+        for callback in callbacks[name]:
+            callback.histogram_every_n_steps = callback.every_n_steps
+        fit(name, 3)  # 3 epochs pass a multiple of the default 100 steps
+        for callback, every in zip(callbacks[name], histograms, strict=True):
+            callback.histogram_every_n_steps = every
+    with open(os.path.join(args.measure, "steps"), "w") as f:
+        f.write(str(args.epochs * -(-len(dataset.x_train) // 32)))
+    pid = str(os.getpid())
+
+    def control(*flags):
+        subprocess.run(["callgrind_control", *flags, pid], check=True, capture_output=True)
+
+    for k in range(args.repeats):
+        for name in MODELS:
+            control("--zero")
+            control("--instr=on")
+            fit(name, args.epochs)
+            control("--instr=off")
+            control("--dump=" + f"{name.replace(' ', '_')}#{k}")
+    shutil.rmtree(logs, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
