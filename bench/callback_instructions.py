@@ -138,8 +138,8 @@ def measure(args):
         fit(name, 3)  # 3 epochs pass a multiple of the default 100 steps
         for callback, every in zip(callbacks[name], histograms, strict=True):
             callback.histogram_every_n_steps = every
-        # and a fit that begins with the callback's buffers made: at its start the callback reads
-        # and writes its step counters eagerly, whose kernels TensorFlow makes once (6 ms)
+        # and a fit that begins with the callback's buffers made: its first eager read and write of
+        # its step counters, at that fit's start, took 6 ms more than later ones (a profile)
         fit(name, 1)
     with open(os.path.join(args.measure, "steps"), "w") as f:
         f.write(str(args.epochs * -(-len(dataset.x_train) // 32)))
