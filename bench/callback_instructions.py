@@ -107,7 +107,9 @@ def main(argv=None):
 def measure(args):
     """Under callgrind: the warm-up fits, then each model's fits, each dumped on its own."""
     sys.path.insert(0, os.path.dirname(HERE))
+    sys.path.insert(0, HERE)
     import keras
+    from common import histograms_at_every_log
 
     import keras_optlab as ko
     from keras_optlab.callbacks import OptimizerDiagnostics, _training
@@ -132,12 +134,8 @@ def measure(args):
         models[name].fit(x, y, epochs=epochs, batch_size=32, verbose=0, callbacks=callbacks[name])
 
     for name in MODELS:  # traces the train functions, the callbacks' statistics and histograms
-        histograms = [c.histogram_every_n_steps for c in callbacks[name]]
-        for callback in callbacks[name]:
-            callback.histogram_every_n_steps = callback.every_n_steps
-        fit(name, 3)  # 3 epochs pass a multiple of the default 100 steps
-        for callback, every in zip(callbacks[name], histograms, strict=True):
-            callback.histogram_every_n_steps = every
+        with histograms_at_every_log(callbacks[name]):
+            fit(name, 3)  # 3 epochs pass a multiple of the default 100 steps
         # and a fit that begins with the callback's buffers made: its first eager read and write of
         # its step counters, at that fit's start, took 6 ms more than later ones (a profile)
         fit(name, 1)

@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras
-from common import machine, median_interval, paired, write_json
+from common import histograms_at_every_log, machine, median_interval, paired, write_json
 
 import keras_optlab as ko
 from keras_optlab.callbacks import OptimizerDiagnostics, _training
@@ -166,18 +166,14 @@ def main(argv=None):
 
     for k, (name, kwargs) in enumerate(settings.items()):
         callback = OptimizerDiagnostics(os.path.join(logdir, f"setting-{k}"), **kwargs)
-        # The first fit traces the callback's statistics, its histograms too (they are due only
-        # every `histogram_every_n_steps`, so their tracing would otherwise land in a timed pair):
-        # it runs the epochs that pass a multiple of `every_n_steps` (more than --epochs where a
-        # fit of those is shorter than the interval).
-        histograms_every = callback.histogram_every_n_steps
-        if histograms_every is not None:
-            callback.histogram_every_n_steps = callback.every_n_steps
+        # The first fit traces the callback's statistics, its histograms too: it runs the epochs
+        # that pass a multiple of `every_n_steps` (more than --epochs where a fit of those is
+        # shorter than the interval).
         warm_epochs = max(args.epochs, -(-callback.every_n_steps // steps_per_epoch))
         start = time.perf_counter()
-        fit([callback], epochs=warm_epochs)
+        with histograms_at_every_log([callback]):
+            fit([callback], epochs=warm_epochs)
         traced = time.perf_counter() - start
-        callback.histogram_every_n_steps = histograms_every
         run, hooks = timed(callback)
         times = []
         ratios = paired(run, lambda: fit([], plain), args.repeats, times)

@@ -8,6 +8,7 @@ confidence interval for that median (order statistics of the binomial(n, 1/2)).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -53,6 +54,22 @@ def paired(a, b, repeats: int, times: list | None = None):
         if times is not None:
             times.append((seconds[a], seconds[b]))
     return ratios
+
+
+@contextlib.contextmanager
+def histograms_at_every_log(callbacks):
+    """Within it, each OptimizerDiagnostics of `callbacks` that writes histograms writes them at
+    every log, so that a warm-up fit traces them too: they are otherwise due only every
+    `histogram_every_n_steps`, and their tracing would land in a measured fit."""
+    kept = [callback.histogram_every_n_steps for callback in callbacks]
+    for callback in callbacks:
+        if callback.histogram_every_n_steps is not None:
+            callback.histogram_every_n_steps = callback.every_n_steps
+    try:
+        yield
+    finally:
+        for callback, every in zip(callbacks, kept, strict=True):
+            callback.histogram_every_n_steps = every
 
 
 def machine() -> dict:
