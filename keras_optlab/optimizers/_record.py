@@ -115,9 +115,15 @@ class GradientRecord:
                 "under the strategy's scope."
             )
 
-        squares = tf.stack([_sum_of_squares(g) for g in grads])
-        at = tf.constant([[i] for i in indices])
-        self.norms.assign(tf.tensor_scatter_nd_update(self.norms.read_value(), at, tf.sqrt(squares)))
+        # Every train step runs what follows, small operations whose number (more than their
+        # arithmetic) is what they cost a small model: `bench/callback_instructions.py
+        # --models record` counts them.
+        squares = 2.0 * tf.stack([_half_sum_of_squares(g) for g in grads])
+        if list(indices) == list(range(self.norms.shape[0])):  # every variable, in order
+            self.norms.assign(tf.sqrt(squares))
+        else:
+            at = tf.constant([[i] for i in indices])
+            self.norms.assign(tf.tensor_scatter_nd_update(self.norms.read_value(), at, tf.sqrt(squares)))
         # The replica's own mean gradient is `replicas` times what it received: the loss
         # it differentiates is scaled by 1 / replicas, so that the all-reduce's sum is the
         # mean gradient of the global batch (see the module's docstring).
@@ -130,10 +136,12 @@ class GradientRecord:
         import tensorflow as tf
 
         present = [g for g in grads if g is not None]
-        squares = [_sum_of_squares(g) for g in present]
-        global_norm = tf.sqrt(tf.add_n(squares))
+        halves = [_half_sum_of_squares(g) for g in present]
+        global_norm = tf.sqrt(2.0 * tf.add_n(halves))
+        self.global_norm.assign(global_norm)
+        self.steps.assign_add(1.0)
         if clipnorm:
-            clipped = tf.reduce_max(tf.sqrt(tf.stack(squares))) > clipnorm
+            clipped = tf.reduce_max(tf.stack(halves)) > 0.5 * clipnorm**2  # a norm above clipnorm
         elif global_clipnorm:
             clipped = global_norm > global_clipnorm
         elif clipvalue:
@@ -141,13 +149,16 @@ class GradientRecord:
                 tf.reduce_max(tf.stack([tf.reduce_max(tf.abs(_values(g))) for g in present])) > clipvalue
             )
         else:
-            clipped = tf.constant(False)
-        log10 = tf.math.log(tf.maximum(global_norm, 1e-30)) / math.log(10.0)
-        index = tf.clip_by_value(tf.cast(tf.floor((log10 - LOW) / WIDTH), tf.int32), 0, BINS - 1)
-        self.global_norm.assign(global_norm)
-        self.steps.assign_add(1.0)
-        self.clipped.assign_add(tf.cast(clipped, tf.float32))
-        self.histogram.assign(tf.tensor_scatter_nd_add(self.histogram.read_value(), [[index]], [1.0]))
+            clipped = None  # nothing clips: the count stays 0
+        if clipped is not None:
+            self.clipped.assign_add(tf.cast(clipped, tf.float32))
+        # the bin of log10(global norm): floor((log10(norm) - LOW) / WIDTH), its constants folded
+        bin_ = tf.math.log(tf.maximum(global_norm, 1e-30)) * (1 / (math.log(10.0) * WIDTH)) - LOW / WIDTH
+        index = tf.clip_by_value(tf.cast(tf.floor(bin_), tf.int32), 0, BINS - 1)
+        if isinstance(self.histogram, tf.distribute.DistributedValues):  # one copy a replica: no scatter
+            self.histogram.assign(tf.tensor_scatter_nd_add(self.histogram.read_value(), [[index]], [1.0]))
+        else:
+            self.histogram.scatter_nd_add(tf.reshape(index, [1, 1]), [1.0])
         if accumulating and _replicas() == 1:
             self._noise(tf.square(global_norm), 1)
 
@@ -158,7 +169,7 @@ class GradientRecord:
 
         replicas = _replicas()
         if replicas > 1:
-            self._noise(tf.add_n([_sum_of_squares(g) for g in grads if g is not None]), replicas)
+            self._noise(2.0 * tf.add_n([_half_sum_of_squares(g) for g in grads if g is not None]), replicas)
 
     def _noise(self, big, replicas):
         """The noise scale's two estimates from the window that ends at this update step:
@@ -268,7 +279,9 @@ def _values(gradient):
     return _sparse.sum_duplicates(gradient)[0] if _sparse.is_indexed_slices(gradient) else gradient
 
 
-def _sum_of_squares(gradient):
+def _half_sum_of_squares(gradient):
+    """sum(g^2) / 2 in float32, in one operation (`tf.nn.l2_loss`; twice it is sum(g^2) exactly:
+    the kernel halves each square, which is exact)."""
     import tensorflow as tf
 
-    return tf.reduce_sum(tf.square(tf.cast(_values(gradient), tf.float32)))
+    return tf.nn.l2_loss(tf.cast(_values(gradient), tf.float32))
