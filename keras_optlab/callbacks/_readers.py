@@ -13,6 +13,7 @@ a table of where Keras keeps each of the twin's slots: data, not code.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import keras
 
@@ -20,22 +21,31 @@ from keras_optlab import optimizers as ko
 from keras_optlab.optimizers import CACHE, MOMENTUM, OptlabOptimizer
 
 
+# Each of these gives the twin's class and its settings, from the built-in's.
 def _sgd(o):
     if o.momentum == 0:
-        return ko.SGD()
-    return (ko.NAG if o.nesterov else ko.Momentum).like("keras", momentum=o.momentum)
+        return ko.SGD, {}
+    return (ko.NAG if o.nesterov else ko.Momentum), {"momentum": o.momentum}
 
 
 def _adagrad(o):
-    return ko.Adagrad.like("keras", initial_accumulator_value=o.initial_accumulator_value, epsilon=o.epsilon)
+    return ko.Adagrad, {"initial_accumulator_value": o.initial_accumulator_value, "epsilon": o.epsilon}
 
 
 def _rmsprop(o):
-    return ko.RMSProp.like("keras", rho=o.rho, epsilon=o.epsilon, centered=o.centered, momentum=o.momentum)
+    return ko.RMSProp, {"rho": o.rho, "epsilon": o.epsilon, "centered": o.centered, "momentum": o.momentum}
 
 
 def _adam(o):
-    return ko.Adam.like("keras", beta_1=o.beta_1, beta_2=o.beta_2, epsilon=o.epsilon, amsgrad=o.amsgrad)
+    return ko.Adam, {"beta_1": o.beta_1, "beta_2": o.beta_2, "epsilon": o.epsilon, "amsgrad": o.amsgrad}
+
+
+@functools.lru_cache(maxsize=64)
+def _twin(kind, settings):
+    """The twin of these settings (a tuple of pairs), made once: the diagnostics only read
+    its rule, and making an optimizer (its step counter and learning rate are variables)
+    took about 1 ms at the start of every `fit`."""
+    return kind.like("keras", **dict(settings))
 
 
 #: Keras' built-ins: the twin that computes the same rule from the built-in's
@@ -123,7 +133,8 @@ def reader_for(optimizer) -> Reader:
     if builtin is not None:
         twin, slots = BUILTINS[builtin]
         try:
-            return Reader(optimizer, twin(optimizer), slots)
+            kind, settings = twin(optimizer)
+            return Reader(optimizer, _twin(kind, tuple(sorted(settings.items()))), slots)
         except (TypeError, ValueError) as error:  # settings Keras takes and the twin does not
             return _unread(
                 optimizer, f"this {builtin.__name__}: its settings have no keras_optlab twin ({error})"
