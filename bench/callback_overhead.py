@@ -6,24 +6,25 @@
 The lab's default model (MLP 64-64-32-10 on scikit-learn's digits, batch 32, Adam:
 keras_optlab's, or Keras' built-in with `--optimizer keras`; the backend is Keras', set by
 KERAS_BACKEND) fits `--epochs` epochs with and without the callback, in alternating pairs, on
-two models built alike (one never sees the callback: on a keras_optlab optimizer the callback
-turns on the gradient record of its clipping advisor, whose cost belongs to it); the train
-functions and the callback's compiled statistics are traced in warm-up fits first, histograms
-included, whose cost is reported apart. The figure is the median of the paired ratios fit time
-with / without, and a 95% interval, for the default interval (every 100 steps, histograms every
-1000), for logging every step, for every step with `insight=False` (what a step says beyond
-the rates left out), and for every step with `steps_per_call=1` (a compiled call before each
-batch, where by default on TensorFlow the state of each step is copied in the train function
-and up to 64 steps are read in one call; on the other backends the two are the same).
+two models built alike (one never sees the callback); the train functions and the callback's
+compiled statistics are traced in warm-up fits first, histograms included, whose cost is
+reported apart. The figure is the median of the paired ratios fit time with / without, and a
+95% interval, for the default interval (every 100 steps, histograms every 1000), for logging
+every step, for every step with `insight=False` (what a step says beyond the rates left out),
+and for every step with `steps_per_call=1` (a compiled call before each batch, where by default
+on TensorFlow the state of each step is copied in the train function and up to 64 steps are
+read in one call; on the other backends the two are the same).
 
-Two rows come first, to read the others by: the same pairs with no callback on either model
-(an A/A run: what the pairs show with nothing to measure), and, for a keras_optlab optimizer on
-TensorFlow, with the gradient record on and still no callback (the record, which the callback
-turns on for its clipping advisor, costs in every train step, not in the callback's hooks).
+A row comes first, to read the others by: the same pairs with no callback on either model (an
+A/A run: what the pairs show with nothing to measure). For a keras_optlab optimizer on
+TensorFlow two rows come last, the clipping advisor's (`gradient_norms=True`, opt-in): the
+optimizer recording its gradient norms with still no callback (a cost in every train step,
+not in the callback's hooks), then the default interval with `gradient_norms=True`; the
+optimizer goes on recording once asked, so these are measured after the others.
 "in its hooks" is measured directly, without a second fit: the seconds a fit spent inside
 the callback's own hooks, over the fit without it in the same pair (the median of the pairs).
-It leaves out what the callback adds to the train step (the record; where every step logs on
-TensorFlow, the copy of each step's state), which only the ratio holds.
+It leaves out what the callback adds to the train step (the gradient record; where every step
+logs on TensorFlow, the copy of each step's state), which only the ratio holds.
 
 `--floors` adds two callbacks that compute nothing, to show what any design that reads the
 state in a call of its own after each step pays: one calls an empty compiled function every
@@ -75,8 +76,8 @@ def main(argv=None):
         return model
 
     # Without the callback: a model of its own, which the callback never saw (on it, a
-    # keras_optlab optimizer would go on recording its gradient norms for the clipping
-    # advisor, a cost of the callback's that must be in the ratio).
+    # keras_optlab optimizer would go on recording its gradient norms once the callback
+    # with `gradient_norms=True` asked: a cost of the callback's that must be in the ratio).
     model, plain = build(), build()
     logdir = tempfile.mkdtemp(prefix="optlab-bench-")
     settings = {
@@ -157,15 +158,9 @@ def main(argv=None):
         paired(lambda: fit([]), lambda: fit([], plain), args.repeats),
         None,
     )
-    # Where the callback asks a keras_optlab optimizer for its gradient record (the
-    # clipping advisor's), each train step records: that cost alone, before any callback.
-    if _training.ask_for_gradient_record(model, model.optimizer):
-        fit([])  # traces the train function again, now recording
-        ratios = paired(lambda: fit([]), lambda: fit([], plain), args.repeats)
-        report("none, the gradient record on (insight's)", ratios, None)
 
-    for k, (name, kwargs) in enumerate(settings.items()):
-        callback = OptimizerDiagnostics(os.path.join(logdir, f"setting-{k}"), **kwargs)
+    def measure(name, kwargs):
+        callback = OptimizerDiagnostics(os.path.join(logdir, f"setting-{len(results['cases'])}"), **kwargs)
         # The first fit traces the callback's statistics, its histograms too: it runs the epochs
         # that pass a multiple of `every_n_steps` (more than --epochs where a fit of those is
         # shorter than the interval).
@@ -183,6 +178,9 @@ def main(argv=None):
             f"the callback logged {logged} times, expected ~{expected}"
         )
         report(name, ratios, traced, times, hooks)
+
+    for name, kwargs in settings.items():
+        measure(name, kwargs)
     floors = {}
     if args.floors:
         floors["floor: empty compiled call, every step"] = Floor(reads=False)
@@ -196,6 +194,13 @@ def main(argv=None):
         ratios = paired(run, lambda: fit([], plain), args.repeats, times)
         assert floor.calls >= (args.repeats + 1) * steps, floor.calls  # with the tracing fit's
         report(name, ratios, traced, times, hooks)
+    # The clipping advisor's record, asked of a keras_optlab optimizer on TensorFlow: each
+    # train step records, from then on. That cost alone, then with the callback.
+    if _training.ask_for_gradient_record(model, model.optimizer):
+        fit([])  # traces the train function again, now recording
+        ratios = paired(lambda: fit([]), lambda: fit([], plain), args.repeats)
+        report("none, the gradient record on (gradient_norms')", ratios, None)
+        measure("default interval, gradient_norms=True", {"gradient_norms": True})
     if args.json:
         write_json(args.json, results)
         print(f"\nwrote {args.json}")

@@ -201,6 +201,7 @@ def test_adagrad_every_scope_and_value_against_numpy(tmp_path):
         histogram_every_n_steps=4,
         per_variable=True,
         traces=[("hidden/kernel", (1, 2))],
+        gradient_norms=RECORDS,
     )
     _fit(model, [recorder, diagnostics])
     events = read_run(tmp_path / "optimizer")
@@ -262,7 +263,7 @@ def test_every_rule_is_read_through_its_protocol(cls, tmp_path):
     _fit(model, [recorder, OptimizerDiagnostics(tmp_path, every_n_steps=2, histogram_every_n_steps=None)], 1)
     roles = {slot.role for slot in model.optimizer.slots()}
     events = read_run(tmp_path / "optimizer")
-    want = _expected_tags(MOMENTUM in roles, CACHE in roles, rule=model.optimizer, record=RECORDS)
+    want = _expected_tags(MOMENTUM in roles, CACHE in roles, rule=model.optimizer)
     assert set(events) == want
     optimizer = model.optimizer
     rates, initial = [], []
@@ -285,7 +286,7 @@ def test_flat_slots_are_read_per_variable(tmp_path):
         callback = OptimizerDiagnostics(tmp_path / str(flat), every_n_steps=2, histogram_every_n_steps=4)
         _fit(model, [callback])
         runs[flat] = read_run(tmp_path / str(flat) / "optimizer")
-    want = _expected_tags(True, True, histograms=True, rule=ko.Adam(), record=RECORDS)
+    want = _expected_tags(True, True, histograms=True, rule=ko.Adam())
     assert set(runs[True]) == set(runs[False]) == want
     for tag, events in runs[False].items():
         if not tag.startswith(("_hparams_", "custom_scalars", "layer_order")):
@@ -339,7 +340,10 @@ def test_under_a_loss_scale_optimizer_in_mixed_precision(tmp_path):
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         model = _model(keras.optimizers.LossScaleOptimizer(ko.Adam(0.01)))
-        _fit(model, [OptimizerDiagnostics(tmp_path, every_n_steps=2, histogram_every_n_steps=None)], 1)
+        callback = OptimizerDiagnostics(
+            tmp_path, every_n_steps=2, histogram_every_n_steps=None, gradient_norms=RECORDS
+        )
+        _fit(model, [callback], 1)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     events = read_run(tmp_path / "optimizer")
@@ -434,12 +438,12 @@ def test_the_lab_model_writes_at_most_40_scalar_tags_by_default(tmp_path):
     layers = ["0_dense", "1_dense", "2_dense"]
     others = {"custom_scalars__config__", "_hparams_/session_start_info", "layer_order"}
     readable = _expected_tags(True, True, layers=layers) - others
-    beyond = _expected_tags(True, True, layers=layers, rule=ko.Adam(), record=RECORDS) - others - readable
+    beyond = _expected_tags(True, True, layers=layers, rule=ko.Adam()) - others - readable
     assert scalars == readable | beyond
     assert len(readable) == 39 <= 40
     # counted apart: direction, epsilon's share and the drift from Keras' convention at the four
-    # scopes (16), Adam's two bias corrections, the clipping advisor's six
-    assert len(beyond) == (24 if RECORDS else 18)
+    # scopes (16), Adam's two bias corrections (the clipping advisor's six are opt-in)
+    assert len(beyond) == 18
 
 
 # --------------------------------------------------------------- when it logs
@@ -638,7 +642,10 @@ def test_steps_per_execution_logs_windows_named_as_such(tmp_path):
     execution and its effective rate is that of the execution's last step."""
     schedule = keras.optimizers.schedules.PiecewiseConstantDecay([5], [0.01, 0.02])
     model, recorder = _model(ko.Momentum(schedule), steps_per_execution=3), _StepRecorder()
-    _fit(model, [recorder, OptimizerDiagnostics(tmp_path, every_n_steps=2, histogram_every_n_steps=None)])
+    callback = OptimizerDiagnostics(
+        tmp_path, every_n_steps=2, histogram_every_n_steps=None, gradient_norms=RECORDS
+    )
+    _fit(model, [recorder, callback])
     events = read_run(tmp_path / "optimizer")
     want = _expected_tags(True, False, gradient=False, execution=True, rule=ko.Momentum(), record=RECORDS)
     assert set(events) == want
@@ -910,6 +917,7 @@ def test_beside_keras_tensorboard_on_one_log_dir(tmp_path):
         ({"run_name": "."}, ValueError, "Received: run_name='.'"),
         ({"stop_on_nonfinite": "yes"}, TypeError, "`stop_on_nonfinite` must be a bool"),
         ({"per_variable": 1}, TypeError, "`per_variable` must be a bool"),
+        ({"gradient_norms": "yes"}, TypeError, "Received: gradient_norms='yes'"),
     ],
 )
 def test_bad_arguments(tmp_path, kwargs, error, message):
@@ -1114,10 +1122,11 @@ def test_a_model_with_many_layers_shows_those_furthest_from_the_median(tmp_path)
 
 
 def _optional(category, chart, lines) -> bool:
-    """A chart of the last section (what a step says beyond the rates) that a run may lack
-    (a quantity its rule has not), or a chart of several quantities of the whole model
-    (at most 8 lines): checked apart from the charts whose lines are scopes."""
-    if not category.title.startswith("Optimizer: direction"):
+    """A chart of the sections of what a step says beyond the rates and of the gradient
+    norms, that a run may lack (a quantity its rule has not, a noise scale without two
+    batch sizes), or a chart of several quantities of the whole model (at most 8 lines):
+    checked apart from the charts whose lines are scopes."""
+    if not category.title.startswith(("Optimizer: direction", "Optimizer: gradient norms")):
         return False
     assert "whole model" not in chart.title or 0 <= len(lines) <= 8, chart.title
     return not lines or "whole model" in chart.title
@@ -1152,7 +1161,8 @@ with strategy.scope():
     model.compile(optimizer=ko.Adagrad(0.1), loss="mse")
 x = np.random.default_rng(0).normal(size=(64, 5)).astype("float32")
 model.fit(x, x[:, :2], batch_size=16, epochs=2, verbose=0,
-          callbacks=[OptimizerDiagnostics(sys.argv[1], every_n_steps=2, histogram_every_n_steps=None)])
+          callbacks=[OptimizerDiagnostics(sys.argv[1], every_n_steps=2, histogram_every_n_steps=None,
+                                          gradient_norms=True)])
 """
 
 
@@ -1350,7 +1360,9 @@ def test_the_clipping_advisor_against_the_batches_gradient_norms(tmp_path):
     running quantiles, the share of steps clipped under global_clipnorm and the suggested
     global_clipnorm (10^p90) follow from those norms."""
     model, recorder = _model(ko.Adam(0.01, global_clipnorm=0.3)), _StepRecorder()
-    callback = OptimizerDiagnostics(tmp_path, every_n_steps=1, histogram_every_n_steps=None)
+    callback = OptimizerDiagnostics(
+        tmp_path, every_n_steps=1, histogram_every_n_steps=None, gradient_norms=True
+    )
     _fit(model, [recorder, callback], epochs=3)
     events = dict(read_run(tmp_path / "optimizer"))
     logged = dict(events["clipping/model/global_norm_log10"])
@@ -1367,6 +1379,38 @@ def test_the_clipping_advisor_against_the_batches_gradient_norms(tmp_path):
     assert last(events, "clipping/model/clipped_share") == pytest.approx(share)
     p90 = last(events, "clipping/model/global_norm_p90_log10")
     assert last(events, "clipping/model/suggested_global_clipnorm") == pytest.approx(10**p90, rel=1e-5)
+    [section] = [
+        c for c in _layout(tmp_path / "optimizer").category if c.title.startswith("Optimizer: gradient norms")
+    ]
+    drawn = [chart.title for chart in section.chart if chart_tags(chart, events)]
+    assert len(drawn) == 3 == len(section.chart) - 1  # all but the noise scale: one batch size here
+
+
+@tensorflow_only
+def test_the_gradient_record_is_opt_in(tmp_path):
+    """By default the callback leaves the train step alone: the optimizer records no
+    gradient norms, and the run has no clipping tags and no section for them. With
+    `gradient_norms=True`, an optimizer that records none (Keras' Adam) is named at the
+    start of training, and the rest is logged."""
+    model = _model(ko.Adam(0.01))
+    _fit(
+        model, [OptimizerDiagnostics(tmp_path / "default", every_n_steps=2, histogram_every_n_steps=None)], 1
+    )
+    assert model.optimizer.gradient_record is None
+    run = tmp_path / "default" / "optimizer"
+    assert not [tag for tag in read_run(run) if tag.startswith(("clipping/", "noise_scale/"))]
+    assert not [c.title for c in _layout(run).category if c.title.startswith("Optimizer: gradient norms")]
+
+    keras_adam = _model(keras.optimizers.Adam(0.01))
+    callback = OptimizerDiagnostics(
+        tmp_path / "keras", every_n_steps=2, histogram_every_n_steps=None, gradient_norms=True
+    )
+    said = r"gradient_norms=True\): keras\.[\w.]+\.Adam on the tensorflow backend records no gradient norms"
+    with pytest.warns(UserWarning, match=said):
+        _fit(keras_adam, [callback], 1)
+    events = read_run(tmp_path / "keras" / "optimizer")
+    assert _steps(events, "effective_lr_log10/model/median") == [2, 4]
+    assert not [tag for tag in events if tag.startswith(("clipping/", "noise_scale/"))]
 
 
 @tensorflow_only
@@ -1423,12 +1467,14 @@ def test_the_noise_scale_under_gradient_accumulation_is_the_records(tmp_path):
     callback writes the record's B_simple in micro-batches (the estimator itself is held to
     NumPy in tests/test_gradient_record.py); without accumulation there is none."""
     model = _model(ko.SGD(0.01, gradient_accumulation_steps=2))
-    callback = OptimizerDiagnostics(tmp_path, every_n_steps=2, histogram_every_n_steps=None)
+    callback = OptimizerDiagnostics(
+        tmp_path, every_n_steps=2, histogram_every_n_steps=None, gradient_norms=True
+    )
     _fit(model, [callback], epochs=4)
     events = read_run(tmp_path / "optimizer")
     want = model.optimizer.gradient_record.noise_scale(1)
     assert want is not None
     assert last(events, "noise_scale/model/b_simple_in_small_batches") == pytest.approx(want, rel=1e-5)
     plain = _model(ko.SGD(0.01))
-    _fit(plain, [OptimizerDiagnostics(tmp_path / "plain", every_n_steps=2)], epochs=1)
+    _fit(plain, [OptimizerDiagnostics(tmp_path / "plain", every_n_steps=2, gradient_norms=True)], epochs=1)
     assert not any(tag.startswith("noise_scale/") for tag in read_run(tmp_path / "plain" / "optimizer"))

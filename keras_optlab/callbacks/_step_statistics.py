@@ -28,14 +28,24 @@ from keras_optlab.callbacks._compiled import Compiled, to_numpy
 class StepStatistics:
     """The compiled statistics of a callback's log steps, their buffers and their plan.
 
-    Fixed: the callback's `every_n_steps`, `threshold_ratio`, `per_variable` and
-    `insight`; `one_step_window` (one step lies between the snapshot and the statistics,
-    not an execution of several), `carry` (each "stats" call takes the next snapshot:
-    every batch logs), `xla` ("stats" compiled by XLA). What a fit reads: `start`."""
+    Fixed: the callback's `every_n_steps`, `threshold_ratio`, `per_variable`, `insight`
+    and `gradient_norms`; `one_step_window` (one step lies between the snapshot and the
+    statistics, not an execution of several), `carry` (each "stats" call takes the next
+    snapshot: every batch logs), `xla` ("stats" compiled by XLA). What a fit reads: `start`."""
 
-    def __init__(self, every_n_steps, threshold_ratio, per_variable, insight, one_step_window, carry, xla):
+    def __init__(
+        self,
+        every_n_steps,
+        threshold_ratio,
+        per_variable,
+        insight,
+        gradient_norms,
+        one_step_window,
+        carry,
+        xla,
+    ):
         self.every_n_steps, self.threshold_ratio = every_n_steps, threshold_ratio
-        self.per_variable, self.insight = per_variable, insight
+        self.per_variable, self.insight, self.gradient_norms = per_variable, insight, gradient_norms
         self.one_step_window, self.carry, self.xla = one_step_window, carry, xla
         self.buffers = None  # made at the first call
         self.plan = None  # the names of the "scalars" vector, found where "stats" is traced
@@ -46,13 +56,14 @@ class StepStatistics:
         """At the start of a fit: what the calls read. The model's trainable `variables`,
         their `structure` (`_scopes`), the optimizer's `reader` (`_readers`), the weights
         traced (`_arguments.resolve_traces`), and whether the learning rate is a plain
-        callable (read on the host: `read_callable_lr`). With insight, a keras_optlab
-        optimizer is asked for its gradient record (`records`)."""
+        callable (read on the host: `read_callable_lr`). With `gradient_norms`, a
+        keras_optlab optimizer on TensorFlow is asked for its gradient record (`records`:
+        True where it keeps one)."""
         self.model, self.reader, self.variables, self.structure = model, reader, variables, structure
         self.trace_points, self.lr_is_callable = trace_points, lr_is_callable
         twin = reader.twin if self.insight else None
         self.others = {} if twin is None else _insight.drift_conventions(twin)
-        self.records = self.insight and _training.ask_for_gradient_record(model, reader.optimizer)
+        self.records = self.gradient_norms and _training.ask_for_gradient_record(model, reader.optimizer)
         self.reads = _training.variables_read(model, reader.optimizer)  # what the calls read
 
     def set_mark(self, step: int) -> None:

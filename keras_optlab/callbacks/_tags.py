@@ -123,11 +123,12 @@ def _alternatives(scopes) -> str:
     return "|".join(re.escape(s) for s in scopes)
 
 
-def layout(layers, shown, chosen_by: str = "", edge_of_stability: bool = False):
+def layout(layers, shown, chosen_by: str = "", clipping: bool = False, edge_of_stability: bool = False):
     """The custom-scalars layout for a model whose layers are `layers` (scopes, in model
     order), showing `shown` of them in the charts per layer (all of them where they fit),
-    and with `edge_of_stability` a last section for those quantities (a run without them
-    lacks it; TensorBoard, merging the runs' layouts, shows it once and the rest once).
+    and with `clipping` (the gradient record's quantities) and `edge_of_stability` a
+    section for each of those (a run without them lacks it; TensorBoard, merging the
+    runs' layouts, shows it once and the rest once).
 
     It depends on the layers alone (not on the optimizer: TensorBoard merges the
     layouts of all runs under a log directory, and would show a chart twice where two
@@ -205,7 +206,7 @@ def layout(layers, shown, chosen_by: str = "", edge_of_stability: bool = False):
         ],
     )
     fourth = layout_pb2.Category(
-        title="Optimizer: direction, epsilon, conventions, clipping (optimizers that have them)",
+        title="Optimizer: direction, epsilon, conventions (optimizers that have them)",
         chart=[
             per_scope(
                 "cos(update, gradient): about -1 where the step opposes the gradient",
@@ -233,27 +234,35 @@ def layout(layers, shown, chosen_by: str = "", edge_of_stability: bool = False):
                 "Rule terms of the step, whole model: Adam's bias corrections (rules that have them)",
                 "^rule/(model)/.*$",
             ),
-            lines(
-                "Gradient norm before clipping, log10, whole model: last step and running p50, p90, p99 "
-                "(keras_optlab optimizers on TensorFlow)",
-                "^clipping/(model)/global_norm.*$",
-            ),
-            lines(
-                "Share of update steps clipping changed, whole model (keras_optlab optimizers on TensorFlow)",
-                "^clipping/(model)/clipped_share$",
-            ),
-            lines(
-                "A global_clipnorm at the running p90 of the gradient norm, whole model "
-                "(keras_optlab optimizers on TensorFlow)",
-                "^clipping/(model)/suggested_global_clipnorm$",
-            ),
-            lines(
-                "Gradient noise scale B_simple in small batches (micro-batch or replica batch), whole model",
-                "^noise_scale/(model)/.*$",
-            ),
         ],
     )
     categories = [first, second, third, fourth]
+    if clipping:
+        categories.append(
+            layout_pb2.Category(
+                title="Optimizer: gradient norms and clipping (gradient_norms=True)",
+                chart=[
+                    lines(
+                        "Gradient norm before clipping, log10, whole model: last step and running p50, "
+                        "p90, p99",
+                        "^clipping/(model)/global_norm.*$",
+                    ),
+                    lines(
+                        "Share of update steps clipping changed, whole model",
+                        "^clipping/(model)/clipped_share$",
+                    ),
+                    lines(
+                        "A global_clipnorm at the running p90 of the gradient norm, whole model",
+                        "^clipping/(model)/suggested_global_clipnorm$",
+                    ),
+                    lines(
+                        "Gradient noise scale B_simple in small batches (micro-batch or replica batch), "
+                        "whole model (gradient accumulation, several replicas)",
+                        "^noise_scale/(model)/.*$",
+                    ),
+                ],
+            )
+        )
     if edge_of_stability:
         tags = EDGE_OF_STABILITY
         categories.append(

@@ -37,6 +37,16 @@ def ask_for_gradient_record(model, optimizer) -> bool:
     return True
 
 
+def records_no_gradient_norms(optimizer) -> str:
+    """What `gradient_norms=True` says where the optimizer cannot record them."""
+    kind = type(optimizer)
+    return (
+        f"OptimizerDiagnostics(gradient_norms=True): {kind.__module__}.{kind.__name__} on the {backend()} "
+        "backend records no gradient norms (keras_optlab optimizers on TensorFlow do), so this fit has no "
+        "clipping advisor and no noise scale; the rest is logged."
+    )
+
+
 def lr_is_callable(optimizer) -> bool:
     """A learning rate given as a plain callable (not a schedule, not a number)."""
     lr = getattr(optimizer, "_learning_rate", None)

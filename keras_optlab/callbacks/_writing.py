@@ -148,7 +148,11 @@ class Writer:
         shown = _tags.shown_layers(layers, medians, model)
         where = os.path.relpath(self.run_dir, os.path.dirname(os.path.dirname(self.run_dir)))
         layout = _tags.layout(
-            layers, shown, chosen_by=f"chosen by run {where}", edge_of_stability=self.edge is not None
+            layers,
+            shown,
+            chosen_by=f"chosen by run {where}",
+            clipping=self.statistics.records,
+            edge_of_stability=self.edge is not None,
         )
         self.events.add(_events.proto_event(custom_scalar.pb(layout), 0))
         described = "; ".join(f"{layer.scope}: Keras' {layer.keras_path}" for layer in self.structure.layers)

@@ -133,14 +133,20 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
     ||delta - delta_framework|| / ||delta||, the update the same rule in that framework's
     convention would make on the same gradient from the same state), and for the model
     the rule's scalar terms, `rule/model/<term>` (Adam's bias corrections); a warning
-    names the variables and the step where the squared-gradient cache underflowed. For a
-    keras_optlab optimizer on TensorFlow, the clipping advisor from the gradient norms
-    the optimizer records when the callback asks it to (`record_gradient_norms`; a train
-    step traced before is traced again): `clipping/model/global_norm_log10` (before
-    clipping), its running `..._p50_log10`, `p90`, `p99`, `clipping/model/clipped_share`,
-    `clipping/model/suggested_global_clipnorm` (10^p90), each variable's norm with
-    `per_variable`, and where the optimizer sees two batch sizes (gradient accumulation,
-    several replicas) `noise_scale/model/b_simple_in_small_batches`.
+    names the variables and the step where the squared-gradient cache underflowed.
+
+    The clipping advisor, opt-in (`gradient_norms=True`; keras_optlab optimizers on
+    TensorFlow): the optimizer records the norm of every step's gradient
+    (`record_gradient_norms`; a train step traced before is traced again, and the
+    optimizer goes on recording), and each log writes `clipping/model/global_norm_log10`
+    (before clipping), its running `..._p50_log10`, `p90`, `p99` over every step,
+    `clipping/model/clipped_share`, `clipping/model/suggested_global_clipnorm` (10^p90),
+    each variable's norm with `per_variable`, and where the optimizer sees two batch sizes
+    (gradient accumulation, several replicas) `noise_scale/model/b_simple_in_small_batches`.
+    Opt-in because it costs in every train step, not at logs alone: a handful of small
+    operations, about 2% of the work of a fit of the lab's small model
+    (`bench/callback_instructions.py`). Another optimizer or backend warns at the start of
+    training that it records no gradient norms, and the rest is logged.
 
     Edge of stability, opt-in (TensorFlow backend): with `curvature_probe=(x, y)` (or
     `(x, y, sample_weight)`, one batch), at the first log at or after each multiple of
@@ -176,6 +182,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         curvature_every_n_steps: int | None = None,
         curvature_iterations: int = 20,
         steps_per_call: int = 64,
+        gradient_norms: bool = False,
     ):
         super().__init__()
         if not isinstance(log_dir, (str, os.PathLike)):
@@ -193,6 +200,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         self.stop_on_nonfinite = check_bool("stop_on_nonfinite", stop_on_nonfinite)
         self.hparams = check_bool("hparams", hparams)
         self.insight = check_bool("insight", insight)
+        self.gradient_norms = check_bool("gradient_norms", gradient_norms)
         probe = _edge_of_stability.check_probe(curvature_probe)
         self.curvature_every_n_steps = check_int(
             "curvature_every_n_steps", curvature_every_n_steps, 1, allow_none=True
@@ -268,15 +276,18 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         made_for = (
             [id(v) for v in variables],
             id(reader.optimizer),
-            (spe, carry, xla, ring, self.insight, self.steps_per_call),
+            (spe, carry, xla, ring, self.insight, self.gradient_norms, self.steps_per_call),
         )
         if made_for != self._made_for:  # other variables, optimizer or window
-            arguments = (self.every_n_steps, self.threshold_ratio, self.per_variable, self.insight)
+            arguments = (self.every_n_steps, self.threshold_ratio, self.per_variable)
+            arguments += (self.insight, self.gradient_norms)
             self._statistics = StepStatistics(*arguments, one_step_window=spe == 1, carry=carry, xla=xla)
             self._ring, self._made_for = None, made_for
         self._use_ring, self._rows = ring, 0
         self._jax, self._spe = backend() == "jax", spe
         self._statistics.start(model, reader, variables, structure, trace_points, lr_is_callable)
+        if self.gradient_norms and not self._statistics.records:
+            warnings.warn(_training.records_no_gradient_norms(reader.optimizer), stacklevel=1)
         self._writer.start(model, reader, structure, self._statistics, run, run_dir)
         start = self._iterations()
         self._start = self._mark = self._histogram_mark = start
