@@ -144,7 +144,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
     each variable's norm with `per_variable`, and where the optimizer sees two batch sizes
     (gradient accumulation, several replicas) `noise_scale/model/b_simple_in_small_batches`.
     Opt-in because it costs in every train step, not at logs alone: a handful of small
-    operations, about 2% of the work of a fit of the lab's small model
+    operations, 1-2% of the work of a fit of the lab's small model
     (`bench/callback_instructions.py`). Another optimizer or backend warns at the start of
     training that it records no gradient norms, and the rest is logged.
 
