@@ -602,6 +602,19 @@ def test_a_run_that_logs_nothing_leaves_no_event_file_and_says_so(tmp_path):
     assert not (tmp_path / "logs").exists()
 
 
+@tensorflow_only
+def test_a_fit_whose_only_multiple_built_the_optimizer_says_so(tmp_path):
+    """One step, every_n_steps=1: the multiple passed is in the step that builds the optimizer,
+    which cannot be logged; the warning says that, not to choose every_n_steps=1 again."""
+    model, (x, y) = _model(ko.SGD()), _data()
+    with pytest.warns(UserWarning) as record:
+        _fit(model, [OptimizerDiagnostics(tmp_path, every_n_steps=1)], epochs=1, x=x[:BATCH], y=y[:BATCH])
+    [message] = [str(w.message) for w in record if "OptimizerDiagnostics" in str(w.message)]
+    assert "fit of 1 step(s) (iterations 0 to 1)" in message
+    assert "came in the first step of a new optimizer, which cannot be logged" in message
+    assert "would log" not in message
+
+
 def test_logs_follow_optimizer_iterations_across_fits_and_callbacks(tmp_path):
     """A fit of 3 steps with every_n_steps=4 logs nothing and says how to choose
     every_n_steps; a new callback on the resumed training (iterations 3 to 7) logs at 4."""

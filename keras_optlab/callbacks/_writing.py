@@ -215,8 +215,18 @@ class Writer:
 
 def say_nothing_was_written(every_n_steps, start, end, epochs):
     """Warns that a fit from iterations `start` to `end`, over `epochs` epochs, logged nothing,
-    and suggests an `every_n_steps` that would have."""
+    and suggests an `every_n_steps` that would have (or, where it passed a multiple, says why
+    that one was not logged)."""
     steps, epochs = end - start, max(epochs, 1)
+    if end // every_n_steps > start // every_n_steps:  # it passed one: in the step that built the optimizer
+        warnings.warn(
+            f"OptimizerDiagnostics wrote nothing in this fit of {steps} step(s) (iterations {start} to "
+            f"{end}): the multiple of every_n_steps={every_n_steps} it passed came in the first step of a "
+            "new optimizer, which cannot be logged (Keras builds the optimizer in it). A longer fit logs "
+            "from the next multiple on.",
+            stacklevel=1,
+        )
+        return
     per_epoch = max(steps // epochs, 1)
     every = max(per_epoch // 4, 1)
     warnings.warn(
