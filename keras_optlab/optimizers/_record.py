@@ -141,7 +141,7 @@ class GradientRecord:
         self.global_norm.assign(global_norm)
         self.steps.assign_add(1.0)
         if clipnorm:
-            clipped = tf.reduce_max(tf.stack(halves)) > 0.5 * clipnorm**2  # a norm above clipnorm
+            clipped = tf.reduce_max(tf.stack(halves)) > 0.5 * clipnorm * clipnorm  # a norm above it
         elif global_clipnorm:
             clipped = global_norm > global_clipnorm
         elif clipvalue:
@@ -280,8 +280,8 @@ def _values(gradient):
 
 
 def _half_sum_of_squares(gradient):
-    """sum(g^2) / 2 in float32, in one operation (`tf.nn.l2_loss`; twice it is sum(g^2) exactly:
-    the kernel halves each square, which is exact)."""
+    """sum(g^2) / 2 in float32, in one operation (`tf.nn.l2_loss`, which halves each square:
+    exact but for squares below float32's smallest normal number)."""
     import tensorflow as tf
 
     return tf.nn.l2_loss(tf.cast(_values(gradient), tf.float32))
