@@ -70,7 +70,7 @@ def main(argv=None):
     command += [sys.executable, os.path.abspath(__file__), "--measure", out]
     command += ["--repeats", str(args.repeats), "--epochs", str(args.epochs)]
     command += ["--models", ",".join(args.models)]
-    print("running the fits under callgrind (10 to 20 minutes for the defaults) ...", flush=True)
+    print("running the fits under callgrind (about 8 minutes on a quiet machine) ...", flush=True)
     try:
         result = subprocess.run(command, env=env, capture_output=True, text=True)
         if result.returncode != 0:
