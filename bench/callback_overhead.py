@@ -79,7 +79,9 @@ def main(argv=None):
     # keras_optlab optimizer would go on recording its gradient norms once the callback
     # with `gradient_norms=True` asked: a cost of the callback's that must be in the ratio).
     model, plain = build(), build()
-    logdir = tempfile.mkdtemp(prefix="optlab-bench-")
+    # the callbacks' event files (read back to count the logs), removed when the run ends
+    logs = tempfile.TemporaryDirectory(prefix="optlab-bench-")
+    logdir = logs.name
     settings = {
         "default interval (100 steps, histograms 1000)": {},
         "every step (no histograms)": {"every_n_steps": 1, "histogram_every_n_steps": None},
