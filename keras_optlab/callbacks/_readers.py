@@ -139,13 +139,18 @@ def reader_for(optimizer) -> Reader:
             return _unread(
                 optimizer, f"this {builtin.__name__}: its settings have no keras_optlab twin ({error})"
             )
-    # the class the user chose, not the one a Keras backend put in its place
-    kind = next(c for c in type(optimizer).__mro__ if not c.__module__.startswith("keras.src.backend."))
     return _unread(
         optimizer,
-        f"{kind.__module__}.{kind.__name__}. Readable: every keras_optlab optimizer and Keras' SGD, Adagrad, "
+        f"{class_name(optimizer)}. Readable: every keras_optlab optimizer and Keras' SGD, Adagrad, "
         "RMSprop and Adam (also inside a LossScaleOptimizer)",
     )
+
+
+def class_name(optimizer) -> str:
+    """The module and name of the class the user chose, not the one a Keras backend put in
+    its place (`keras.src.backend.torch.optimizers.torch_adam.Adam` is Keras' Adam)."""
+    kind = next(c for c in type(optimizer).__mro__ if not c.__module__.startswith("keras.src.backend."))
+    return f"{kind.__module__}.{kind.__name__}"
 
 
 def _unread(optimizer, which: str) -> Reader:

@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from keras_optlab.callbacks._compiled import backend, to_numpy
-from keras_optlab.callbacks._readers import unwrap
+from keras_optlab.callbacks._readers import class_name, unwrap
 from keras_optlab.optimizers import OptlabOptimizer
 
 
@@ -39,9 +39,8 @@ def ask_for_gradient_record(model, optimizer) -> bool:
 
 def records_no_gradient_norms(optimizer) -> str:
     """What `gradient_norms=True` says where the optimizer cannot record them."""
-    kind = type(optimizer)
     return (
-        f"OptimizerDiagnostics(gradient_norms=True): {kind.__module__}.{kind.__name__} on the {backend()} "
+        f"OptimizerDiagnostics(gradient_norms=True): {class_name(optimizer)} on the {backend()} "
         "backend records no gradient norms (keras_optlab optimizers on TensorFlow do), so this fit has no "
         "clipping advisor and no noise scale; the rest is logged."
     )
