@@ -2,6 +2,7 @@
 
     python bench/compare_versions.py --base 87bf8d3 [--repeats 21] [--regimes abc]
         [--modes graph,xla] [--optimizers SGD,Adam] [--json results.json] [--programs]
+        [--instructions]
 
 For every cell of `optimizer_step.py`'s tables (regimes a, b, c; graph and XLA; our
 optimizer in Keras' convention, `Cls.like("keras")`, in the default slot layout and,
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -70,15 +72,13 @@ def _worker():
             answer = {"version": ko.__file__}
         elif kind == "time":
             stepper, _ = steppers[command["key"]]
-            start = time.perf_counter()
-            stepper()
-            answer = {"seconds": time.perf_counter() - start}
+            answer = _measured(stepper, command.get("count", False))
         elif kind == "drop":
             steppers.pop(command["key"], None)
             gc.collect()
             answer = {}
         elif kind == "fit":
-            answer = {"seconds": _fit_seconds(ko)}
+            answer = _measured(_fit(ko), command.get("count", False))
         elif kind == "program":
             stepper, jit = steppers[command["key"]]
             answer = {"ops": _program_ops(stepper, jit)}
@@ -108,11 +108,41 @@ def _program_ops(stepper, xla: bool) -> dict:
     return dict(collections.Counter(ops))
 
 
+def _measured(run, count: bool) -> dict:
+    """{"seconds": ...} of `run()`, or with `count` (the worker runs under callgrind, with
+    instrumentation off), {"instructions": ...}: those of `run()` alone, all threads."""
+    if not count:
+        start = time.perf_counter()
+        run()
+        return {"seconds": time.perf_counter() - start}
+    import glob
+    import re
+
+    pid = str(os.getpid())
+
+    def control(*flags):
+        subprocess.run(["callgrind_control", *flags, pid], check=True, capture_output=True)
+
+    out = os.environ["OPTLAB_CALLGRIND_OUT"]  # the worker's --callgrind-out-file
+    before = set(glob.glob(out + "*"))
+    control("--zero")
+    control("--instr=on")
+    run()
+    control("--instr=off")
+    control("--dump")
+    (dump,) = set(glob.glob(out + "*")) - before
+    with open(dump, errors="replace") as f:
+        totals = re.search(r"^totals: (\d+)", f.read(), re.M)
+    os.remove(dump)
+    return {"instructions": int(totals.group(1))}
+
+
 _FIT = {}
 
 
-def _fit_seconds(ko):
-    """One 3-epoch `fit` of the lab's MLP on digits with our Adam in Keras' convention."""
+def _fit(ko):
+    """One 3-epoch `fit` of the lab's MLP on digits with our Adam in Keras' convention (a
+    function; traced and compiled at the first call)."""
     from keras_optlab.lab import data, training
 
     if not _FIT:
@@ -120,20 +150,25 @@ def _fit_seconds(ko):
         model = training.build_model(dataset, "mlp", seed=0)
         training.compile_for(model, dataset, ko.Adam.like("keras"))
         _FIT.update(model=model, dataset=dataset)
-        _fit_seconds(ko)  # trace and compile
-    model, dataset = _FIT["model"], _FIT["dataset"]
-    start = time.perf_counter()
-    model.fit(dataset.x_train, dataset.y_train, epochs=3, batch_size=32, verbose=0)
-    return time.perf_counter() - start
+        _FIT["run"] = lambda: model.fit(dataset.x_train, dataset.y_train, epochs=3, batch_size=32, verbose=0)
+        _FIT["run"]()  # trace and compile
+    return _FIT["run"]
 
 
 # ------------------------------------------------------------- driver side
 class Worker:
-    def __init__(self, root, name):
+    def __init__(self, root, name, callgrind=None):
+        """`callgrind`: a directory for callgrind's files, to run under it (`--instructions`)."""
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, HERE]), TF_CPP_MIN_LOG_LEVEL="3")
+        command = [sys.executable, os.path.abspath(__file__), "--worker"]
+        if callgrind:
+            out = os.path.join(callgrind, f"{name}.out")
+            env.update(OPTLAB_CALLGRIND_OUT=out, TF_NUM_INTEROP_THREADS="1", TF_NUM_INTRAOP_THREADS="1")
+            command = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+            command += [sys.executable, os.path.abspath(__file__), "--worker"]
         self.name = name
         self.process = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--worker"],
+            command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -156,12 +191,13 @@ class Worker:
 
 
 def _paired(new, base, repeats, **command):
-    """new time / base time, `repeats` pairs alternating which goes first."""
-    ratios = []
+    """new / base (time, or instructions with `count=True`), `repeats` pairs alternating
+    which goes first."""
+    ratios, unit = [], "instructions" if command.get("count") else "seconds"
     for i in range(repeats):
         order = (new, base) if i % 2 == 0 else (base, new)
-        seconds = {worker.name: worker.ask(**command)["seconds"] for worker in order}
-        ratios.append(seconds["new"] / seconds["base"])
+        measured = {worker.name: worker.ask(**command)[unit] for worker in order}
+        ratios.append(measured["new"] / measured["base"])
     return ratios
 
 
@@ -210,21 +246,31 @@ def main(argv=None):
     parser.add_argument(
         "--programs", action="store_true", help="compare the cells' programs (graph or XLA); time nothing"
     )
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions under callgrind instead of timing"
+    )
     args = parser.parse_args(argv)
     if args.programs:
         args.no_fit = True
+    callgrind = None
+    if args.instructions:
+        for tool in ("valgrind", "callgrind_control"):
+            if shutil.which(tool) is None:
+                sys.exit(f"error: {tool} is not installed (Debian: apt-get install valgrind)")
+        callgrind = tempfile.mkdtemp(prefix="optlab-callgrind-")
 
     base_dir = tempfile.mkdtemp(prefix="optlab-base-")
     git = ["git", "-C", ROOT]
     archive = subprocess.run([*git, "archive", args.base], capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", base_dir], input=archive.stdout, check=True)
     commit = subprocess.run([*git, "rev-parse", "--short", args.base], capture_output=True, text=True)
-    new, base = Worker(ROOT, "new"), Worker(base_dir, "base")
-    results = {"base": commit.stdout.strip(), "repeats": args.repeats, "cells": {}}
+    new, base = Worker(ROOT, "new", callgrind), Worker(base_dir, "base", callgrind)
+    unit = "instructions" if args.instructions else "time"
+    results = {"base": commit.stdout.strip(), "repeats": args.repeats, "unit": unit, "cells": {}}
     if args.programs:
         print(f"what each cell's step runs (its graph, or XLA's program), against {results['base']}")
     else:
-        print(f"new time / base time ({results['base']}), median of {args.repeats} pairs [95% interval]")
+        print(f"new {unit} / base {unit} ({results['base']}), median of {args.repeats} pairs [95% interval]")
     try:
         for key, command in _cells(args):
             for worker in (new, base):
@@ -232,18 +278,23 @@ def main(argv=None):
             if args.programs:
                 results["cells"][key] = _programs(new, base, key)
             else:
-                median, low, high = median_interval(_paired(new, base, args.repeats, cmd="time", key=key))
+                ratios = _paired(new, base, args.repeats, cmd="time", key=key, count=args.instructions)
+                median, low, high = median_interval(ratios)
                 results["cells"][key] = {"median": median, "low": low, "high": high}
                 print(f"  {key:32s} {median:6.3f} [{low:.3f}, {high:.3f}]", flush=True)
             for worker in (new, base):
                 worker.ask(cmd="drop", key=key)
         if not args.no_fit:
-            median, low, high = median_interval(_paired(new, base, args.repeats, cmd="fit"))
+            ratios = _paired(new, base, args.repeats, cmd="fit", count=args.instructions)
+            median, low, high = median_interval(ratios)
             results["fit"] = {"median": median, "low": low, "high": high}
             print(f"  {'fit, lab MLP, Adam':32s} {median:6.3f} [{low:.3f}, {high:.3f}]")
     finally:
         new.close()
         base.close()
+        shutil.rmtree(base_dir, ignore_errors=True)
+        if callgrind:
+            shutil.rmtree(callgrind, ignore_errors=True)
     medians = [cell["median"] for cell in results["cells"].values() if "median" in cell]
     if medians:
         print(f"\nmedians {min(medians):.3f} to {max(medians):.3f} over {len(medians)} cells")
