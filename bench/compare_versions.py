@@ -2,7 +2,7 @@
 
     python bench/compare_versions.py --base 87bf8d3 [--repeats 21] [--regimes abc]
         [--modes graph,xla] [--optimizers SGD,Adam] [--json results.json] [--programs]
-        [--instructions]
+        [--instructions] [--cells b/Adam/xla/flat,c/SGD/graph/default]
 
 For every cell of `optimizer_step.py`'s tables (regimes a, b, c; graph and XLA; our
 optimizer in Keras' convention, `Cls.like("keras")`, in the default slot layout and,
@@ -220,13 +220,16 @@ def _programs(new, base, key) -> dict:
 
 
 def _cells(args):
-    """(key, build command) of every cell of the tables asked for."""
+    """(key, build command) of every cell of the tables asked for (of `--cells`, where given)."""
+    chosen = None if args.cells is None else {key.strip() for key in args.cells.split(",")}
     for regime in args.regimes:
         steps = args.steps or (3 if regime == "a" else 30)
         for name in args.optimizers.split(","):
             for mode in args.modes.split(","):
                 for flat in (False, True) if regime != "a" else (False,):
                     key = f"{regime}/{name}/{mode}/{'flat' if flat else 'default'}"
+                    if chosen is not None and key not in chosen:
+                        continue
                     yield (
                         key,
                         {"regime": regime, "optimizer": name, "mode": mode, "flat": flat, "steps": steps},
@@ -241,6 +244,7 @@ def main(argv=None):
     parser.add_argument("--modes", default="graph,xla")
     parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
     parser.add_argument("--steps", type=int, default=None, help="steps a sample (default: 3 in (a), else 30)")
+    parser.add_argument("--cells", default=None, help="only these cells (comma-separated keys, as printed)")
     parser.add_argument("--no-fit", action="store_true", help="skip the end-to-end fit comparison")
     parser.add_argument("--json", default=None)
     parser.add_argument(
@@ -250,6 +254,11 @@ def main(argv=None):
         "--instructions", action="store_true", help="count instructions under callgrind instead of timing"
     )
     args = parser.parse_args(argv)
+    if args.cells is not None:
+        known = {key for key, _ in _cells(argparse.Namespace(**{**vars(args), "cells": None}))}
+        unknown = sorted({key.strip() for key in args.cells.split(",")} - known)
+        if unknown:
+            parser.error(f"--cells: no such cell {', '.join(unknown)} (keys look like b/Adam/xla/flat)")
     if args.programs:
         args.no_fit = True
     callgrind = None
