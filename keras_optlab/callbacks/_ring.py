@@ -2,7 +2,7 @@
 
 A compiled call of its own before each batch costs about a sixth of a small model's fit
 before it computes anything (`bench/callback_overhead.py --floors`: dispatch, and bringing
-the result to the host), and the statistics' program (about 100 kernels, each on a few
+the result to the host), and the statistics' program (about 75 kernels, each on a few
 thousand elements) about as much again. So where every step logs, the state at the start
 of each step (every variable the statistics read: the weights and all the optimizer's
 variables, and the optimizer's gradient record) is copied into a ring inside Keras' own
