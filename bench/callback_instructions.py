@@ -60,9 +60,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.measure:
         return measure(args)
-    for tool in ("valgrind", "callgrind_control"):
-        if shutil.which(tool) is None:
-            sys.exit(f"error: {tool} is not installed (Debian: apt-get install valgrind)")
+    sys.path.insert(0, HERE)
+    from common import callgrind_totals, require_callgrind
+
+    require_callgrind()
     out = tempfile.mkdtemp(prefix="optlab-callgrind-")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_NUM_INTEROP_THREADS="1", TF_NUM_INTRAOP_THREADS="1")
     command = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
@@ -83,10 +84,10 @@ def main(argv=None):
                 with open(os.path.join(out, name), errors="replace") as f:
                     text = f.read()
                 label = re.search(r"^desc: Trigger: dump (.+)#(\d+)$", text, re.M)
-                totals = re.search(r"^totals: (\d+)", text, re.M)
-                if label and totals:
+                totals = callgrind_totals(text)
+                if label and totals is not None:
                     model = label.group(1).replace("_", " ")
-                    found.setdefault(model, {})[int(label.group(2))] = int(totals.group(1))
+                    found.setdefault(model, {})[int(label.group(2))] = totals
     finally:
         shutil.rmtree(out, ignore_errors=True)
     counts = {model: [each[k] for k in sorted(each)] for model, each in found.items()}
@@ -112,7 +113,6 @@ def main(argv=None):
             spread = max(counts[plain]) / min(counts[plain]) - 1
             print(f"\nthe {plain} fits' spread (max / min - 1): {spread:.4f}")
     if args.json:
-        sys.path.insert(0, HERE)
         from common import write_json
 
         write_json(args.json, results)
@@ -135,7 +135,7 @@ def measure(args):
     sys.path.insert(0, os.path.dirname(HERE))
     sys.path.insert(0, HERE)
     import keras
-    from common import histograms_at_every_log
+    from common import callgrind_control, histograms_at_every_log
 
     import keras_optlab as ko
     from keras_optlab.callbacks import OptimizerDiagnostics, _training
@@ -169,18 +169,13 @@ def measure(args):
         fit(name, 1)
     with open(os.path.join(args.measure, "steps"), "w") as f:
         f.write(str(args.epochs * -(-len(dataset.x_train) // 32)))
-    pid = str(os.getpid())
-
-    def control(*flags):
-        subprocess.run(["callgrind_control", *flags, pid], check=True, capture_output=True)
-
     for k in range(args.repeats):
         for name in names:
-            control("--zero")
-            control("--instr=on")
+            callgrind_control("--zero")
+            callgrind_control("--instr=on")
             fit(name, args.epochs)
-            control("--instr=off")
-            control("--dump=" + f"{name.replace(' ', '_')}#{k}")
+            callgrind_control("--instr=off")
+            callgrind_control("--dump=" + f"{name.replace(' ', '_')}#{k}")
     shutil.rmtree(logs, ignore_errors=True)
 
 

@@ -13,6 +13,10 @@ import json
 import math
 import os
 import platform
+import re
+import shutil
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -90,3 +94,22 @@ def machine() -> dict:
 def write_json(path, payload):
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
+
+
+# ------------------------------------------------ instructions, under valgrind's callgrind
+def require_callgrind():
+    """Exits with one line where valgrind or callgrind_control is missing."""
+    for tool in ("valgrind", "callgrind_control"):
+        if shutil.which(tool) is None:
+            sys.exit(f"error: {tool} is not installed (Debian: apt-get install valgrind)")
+
+
+def callgrind_control(*flags):
+    """`callgrind_control` with `flags` on this process (which runs under callgrind)."""
+    subprocess.run(["callgrind_control", *flags, str(os.getpid())], check=True, capture_output=True)
+
+
+def callgrind_totals(text: str):
+    """The instructions a callgrind dump counted (its "totals:" line), or None."""
+    found = re.search(r"^totals: (\d+)", text, re.M)
+    return None if found is None else int(found.group(1))

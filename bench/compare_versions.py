@@ -39,7 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from common import median_interval, write_json  # noqa: E402
+from common import median_interval, require_callgrind, write_json  # noqa: E402
 
 OPTIMIZERS = ("SGD", "Momentum", "NAG", "Adagrad", "RMSProp", "Adam")
 
@@ -116,25 +116,21 @@ def _measured(run, count: bool) -> dict:
         run()
         return {"seconds": time.perf_counter() - start}
     import glob
-    import re
 
-    pid = str(os.getpid())
-
-    def control(*flags):
-        subprocess.run(["callgrind_control", *flags, pid], check=True, capture_output=True)
+    from common import callgrind_control, callgrind_totals
 
     out = os.environ["OPTLAB_CALLGRIND_OUT"]  # the worker's --callgrind-out-file
     before = set(glob.glob(out + "*"))
-    control("--zero")
-    control("--instr=on")
+    callgrind_control("--zero")
+    callgrind_control("--instr=on")
     run()
-    control("--instr=off")
-    control("--dump")
+    callgrind_control("--instr=off")
+    callgrind_control("--dump")
     (dump,) = set(glob.glob(out + "*")) - before
     with open(dump, errors="replace") as f:
-        totals = re.search(r"^totals: (\d+)", f.read(), re.M)
+        totals = callgrind_totals(f.read())
     os.remove(dump)
-    return {"instructions": int(totals.group(1))}
+    return {"instructions": totals}
 
 
 _FIT = {}
@@ -263,9 +259,7 @@ def main(argv=None):
         args.no_fit = True
     callgrind = None
     if args.instructions:
-        for tool in ("valgrind", "callgrind_control"):
-            if shutil.which(tool) is None:
-                sys.exit(f"error: {tool} is not installed (Debian: apt-get install valgrind)")
+        require_callgrind()
         callgrind = tempfile.mkdtemp(prefix="optlab-callgrind-")
 
     base_dir = tempfile.mkdtemp(prefix="optlab-base-")
