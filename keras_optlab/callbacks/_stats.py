@@ -269,22 +269,32 @@ def _quantiles(counts, low, high):
     # the first block, then the first bin in it, whose cumulative count reaches each target
     block = ops.sum(f32(block_cumulative[:, None, :] < targets[:, :, None]), axis=2)
     block = ops.minimum(ops.cast(block, "int32"), BINS // BLOCK - 1)  # [scopes, quantiles]
-    before_block = ops.take_along_axis(block_cumulative, ops.maximum(block - 1, 0), axis=1)
-    before_block = ops.where(block > 0, before_block, 0.0)
-    rows = ops.broadcast_to(block[:, :, None], (scopes, len(QUANTILES), BLOCK))
-    in_block = ops.take_along_axis(blocks, rows, axis=1)  # [scopes, quantiles, BLOCK]
+    before_block = ops.where(block > 0, _pick(block_cumulative, ops.maximum(block - 1, 0)), 0.0)
+    in_block = _pick(blocks, block)  # [scopes, quantiles, BLOCK]
     cumulative = ops.matmul(in_block, _TRIANGLE[BLOCK]) + before_block[:, :, None]
     bin_ = ops.sum(f32(cumulative < targets[:, :, None]), axis=2)
     bin_ = ops.minimum(ops.cast(bin_, "int32"), BLOCK - 1)
-    previous = ops.take_along_axis(cumulative, ops.maximum(bin_ - 1, 0)[:, :, None], axis=2)[:, :, 0]
-    previous = ops.where(bin_ > 0, previous, before_block)
-    count = ops.take_along_axis(in_block, bin_[:, :, None], axis=2)[:, :, 0]
+
+    def in_bin(x, bin_):  # x[s, q, bin_[s, q]]
+        picked = _pick(ops.reshape(x, [-1, BLOCK]), ops.reshape(bin_, [-1, 1]))
+        return ops.reshape(picked, [scopes, len(QUANTILES)])
+
+    previous = ops.where(bin_ > 0, in_bin(cumulative, ops.maximum(bin_ - 1, 0)), before_block)
+    count = in_bin(in_block, bin_)
     index = block * BLOCK + bin_
     within = ops.divide_no_nan(targets - previous, count)
     value = LOG10_LOW + (f32(index) + within) * WIDTH
     low, high = low[:, None], high[:, None]
     value = ops.where(index == 0, low, value)
     return ops.clip(value, low, high)
+
+
+def _pick(x, index):
+    """x[i, index[i, j]] for x [a, n, ...] and int32 index [a, k]: [a, k, ...], as one gather
+    (`take_along_axis` transposes on TensorFlow: 0.25 ms of a 1 ms log of the lab's model)."""
+    a, n = x.shape[0], x.shape[1]
+    rows = index + n * ops.arange(a, dtype="int32")[:, None]
+    return ops.take(ops.reshape(x, [a * n, *x.shape[2:]]), rows, axis=0)
 
 
 def nonfinite(arrays):
