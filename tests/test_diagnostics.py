@@ -178,7 +178,7 @@ class _StepRecorder(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         model = self.model
         opt, t = model.optimizer, int(_np(model.optimizer.iterations))
-        self.before[t] = self._weights
+        self.before.setdefault(t, self._weights)  # (a batch that took no step leaves t)
         inner = getattr(opt, "inner_optimizer", opt)
         if isinstance(inner, ko.OptlabOptimizer):
             self.state[t] = [
@@ -631,6 +631,39 @@ def test_logs_follow_optimizer_iterations_across_fits_and_callbacks(tmp_path):
         _fit(model, [second], epochs=1)
     assert int(_np(model.optimizer.iterations)) == 7
     assert _steps(read_run(tmp_path / "optimizer"), "update_ratio_log10/model") == [4]
+
+
+def test_a_fit_from_an_earlier_checkpoint_logs_its_steps_again(tmp_path):
+    """The same callback and optimizer, the state loaded back from step 4 after training to
+    step 12: the next fit logs step 8 again (the last step logged moves back with it)."""
+    model = _model(ko.Adam())
+    callback = OptimizerDiagnostics(tmp_path, every_n_steps=4, histogram_every_n_steps=None)
+    _fit(model, [callback], epochs=1)
+    model.save_weights(tmp_path / "step4.weights.h5")
+    _fit(model, [callback], epochs=2)
+    model.load_weights(tmp_path / "step4.weights.h5")
+    assert int(_np(model.optimizer.iterations)) == 4
+    _fit(model, [callback], epochs=1)
+    assert _steps(read_run(callback.run_dir), "update_ratio_log10/model") == [4, 8, 12, 8]
+
+
+def test_a_batch_that_takes_no_step_leaves_the_logs_at_their_steps(tmp_path):
+    """Where a batch is one step, iterations is counted on the host, not read before the
+    snapshot. A loss scale skips the step of a batch whose gradient is not finite (the second
+    of each epoch here, a NaN target): the count runs ahead, the statistics' call then logs
+    nothing and sets it right, and the logs come at steps 2, 4 and 6 (after batches 3, 5 and 8
+    of 8), with the gradient of the batch that took each step."""
+    x, y = _data()
+    y[BATCH] = np.nan
+    model, recorder = _model(keras.optimizers.LossScaleOptimizer(ko.Adam())), _StepRecorder()
+    callback = OptimizerDiagnostics(tmp_path, every_n_steps=2, histogram_every_n_steps=None)
+    _fit(model, [recorder, callback], x=x, y=y)
+    assert int(_np(model.optimizer.iterations)) == 6
+    events = read_run(callback.run_dir)
+    assert _steps(events, "gradient_norm_log10/model") == [2, 4, 6]
+    for (t, value), batch in zip(events["gradient_norm_log10/model"], (2, 0, 3), strict=True):
+        expected = _norm(_gradient(recorder.before[t], slice(batch * BATCH, (batch + 1) * BATCH)))
+        assert float(value) == pytest.approx(np.log10(expected), abs=1e-3), t
 
 
 def test_gradient_accumulation_logs_at_optimizer_steps(tmp_path):

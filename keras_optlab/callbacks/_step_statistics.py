@@ -66,10 +66,15 @@ class StepStatistics:
         self.records = self.gradient_norms and _training.ask_for_gradient_record(model, reader.optimizer)
         self.reads = _training.variables_read(model, reader.optimizer)  # what the calls read
 
-    def set_mark(self, step: int) -> None:
-        """The last step logged, from the host at the start of a fit."""
+    def set_mark(self, step: int, previous: int | None) -> None:
+        """The last step logged, from the host at the start of a fit; `previous`, the last
+        the host saw logged (or set), if any. Only its interval counts (a step is logged
+        where it passes a multiple of `every_n_steps` the mark has not), so the buffer is
+        written only where that changes (a fit that follows one of the same callback
+        mostly starts in the interval of its last log)."""
         self._mark = step
-        if self.buffers is not None:
+        every = self.every_n_steps
+        if self.buffers is not None and (previous is None or step // every != previous // every):
             self.buffers.set_mark(step)
 
     def read_callable_lr(self) -> None:

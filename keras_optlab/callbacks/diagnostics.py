@@ -230,6 +230,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         self._statistics = None
         self._ring, self._use_ring, self._rows = None, False, 0  # `_ring`: steps copied, not yet read
         self._pending = None
+        self._mark = None  # the last step logged (or the step a fit started at)
 
     @property
     def run_dir(self) -> str:
@@ -285,18 +286,20 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
             self._ring, self._made_for = None, made_for
         self._use_ring, self._rows = ring, 0
         self._jax, self._spe = backend() == "jax", spe
+        self._counted = spe == 1 and not accumulation  # iterations moves by one a batch
         self._statistics.start(model, reader, variables, structure, trace_points, lr_is_callable)
         if self.gradient_norms and not self._statistics.records:
             warnings.warn(_training.records_no_gradient_norms(reader.optimizer), stacklevel=1)
         self._writer.start(model, reader, structure, self._statistics, run, run_dir)
         start = self._iterations()
-        self._start = self._mark = self._histogram_mark = start
+        previous, self._start = self._mark, start
+        self._mark = self._histogram_mark = start
         if self._edge is not None:
             self._edge.start(model, variables, start)
         self._known, self._batches_since = start, 0  # iterations last read, batches begun since
         self._logs_this_fit = self._epochs_this_fit = 0
         self._pending = None  # (iterations before, iterations after) of a batch whose snapshot is taken
-        self._statistics.set_mark(start)
+        self._statistics.set_mark(start, previous)
         if self._ring is not None and self._active:
             self._ring.count.assign(0)
             self._use_ring = _ring.installable(model)
@@ -368,8 +371,15 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         if (self._known + (self._batches_since + 1) * self._spe) // every <= self._mark // every:
             return
         if not carried:
-            self._known, self._batches_since = self._iterations(), 0
-        now = self._known
+            if self._counted:
+                # A batch is one step: iterations is counted, not read (a read costs about as
+                # much as the snapshot). A batch that took no step (one that found the end of
+                # the data, a loss scale's skipped step) makes the count run ahead: the
+                # statistics' call, which reads it, then logs nothing and sets it right.
+                self._sync()
+            else:
+                self._known, self._batches_since = self._iterations(), 0
+        now = self._known + self._batches_since
         after = _training.iterations_after_batch(optimizer, now, self._spe)
         if after // every <= self._mark // every:
             return
