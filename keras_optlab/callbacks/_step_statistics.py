@@ -61,8 +61,9 @@ class StepStatistics:
         True where it keeps one)."""
         self.model, self.reader, self.variables, self.structure = model, reader, variables, structure
         self.trace_points, self.lr_is_callable = trace_points, lr_is_callable
-        twin = reader.twin if self.insight else None
-        self.others = {} if twin is None else _insight.drift_conventions(twin)
+        if not self._compiled:  # the calls are traced with it: once they are made, it is fixed
+            twin = reader.twin if self.insight else None
+            self.others = {} if twin is None else _insight.drift_conventions(twin)
         self.records = self.gradient_norms and _training.ask_for_gradient_record(model, reader.optimizer)
         self.reads = _training.variables_read(model, reader.optimizer)  # what the calls read
 
