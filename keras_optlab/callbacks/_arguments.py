@@ -32,8 +32,9 @@ def check_run_name(run_name) -> str:
 
 
 def check_writable(log_dir: str, run_dir: str, run_name: str) -> None:
-    """Refuses a `log_dir` or run directory that cannot be written, before any step."""
-    reason = why_unwritable(log_dir)
+    """Refuses a `log_dir` or run directory that cannot be written, before any step (a run
+    directory that exists is probed alone: the callback writes nowhere else)."""
+    reason = None if os.path.isdir(run_dir) else why_unwritable(log_dir)
     if reason:
         raise ValueError(f"`log_dir` cannot be written: {reason}. Received: log_dir={log_dir!r}")
     reason = why_unwritable(run_dir)  # the run directory itself may be a file, say
