@@ -373,9 +373,9 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         if not carried:
             if self._counted:
                 # A batch is one step: iterations is counted, not read (a read costs about as
-                # much as the snapshot). A batch that took no step (one that found the end of
-                # the data, a loss scale's skipped step) makes the count run ahead: the
-                # statistics' call, which reads it, then logs nothing and sets it right.
+                # much as the snapshot). A batch that took no step (a loss scale's skipped step)
+                # makes the count run ahead: the statistics' call, which reads it, then logs
+                # nothing and sets it right.
                 self._sync()
             else:
                 self._known, self._batches_since = self._iterations(), 0
