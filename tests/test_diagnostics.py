@@ -178,7 +178,7 @@ class _StepRecorder(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         model = self.model
         opt, t = model.optimizer, int(_np(model.optimizer.iterations))
-        self.before.setdefault(t, self._weights)  # (a batch that took no step leaves t)
+        self.before.setdefault(t, self._weights)  # (not a later batch that took no step)
         inner = getattr(opt, "inner_optimizer", opt)
         if isinstance(inner, ko.OptlabOptimizer):
             self.state[t] = [
@@ -651,8 +651,8 @@ def test_a_batch_that_takes_no_step_leaves_the_logs_at_their_steps(tmp_path):
     """Where a batch is one step, iterations is counted on the host, not read before the
     snapshot. A loss scale skips the step of a batch whose gradient is not finite (the second
     of each epoch here, a NaN target): the count runs ahead, the statistics' call then logs
-    nothing and sets it right, and the logs come at steps 2, 4 and 6 (after batches 3, 5 and 8
-    of 8), with the gradient of the batch that took each step."""
+    nothing and sets it right, and the logs come at steps 2, 4 and 6 (taken by the 3rd, 5th and
+    8th of 8 batches), with the gradient of the batch that took each step."""
     x, y = _data()
     y[BATCH] = np.nan
     model, recorder = _model(keras.optimizers.LossScaleOptimizer(ko.Adam())), _StepRecorder()
