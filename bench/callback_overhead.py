@@ -7,8 +7,11 @@ The lab's default model (MLP 64-64-32-10 on scikit-learn's digits, batch 32, Ada
 keras_optlab's, or Keras' built-in with `--optimizer keras`; the backend is Keras', set by
 KERAS_BACKEND) fits `--epochs` epochs with and without the callback, in alternating pairs, the
 same model both (two models built alike can differ in speed: 0.97 to 1.09 in the second A/A
-row's runs of one day); the train functions and the callback's compiled statistics are traced in
-warm-up fits first, histograms included, whose cost is reported apart. The figure is the
+row's runs of one day; the fits without the callback move the model past multiples it did not
+log, so each fit with it writes the last step logged anew, about 0.1% of it, a cost of
+alternating that `bench/callback_breakdown.py` leaves out); the train functions and the
+callback's compiled statistics are traced in warm-up fits first, histograms included, whose
+cost is reported apart. The figure is the
 median of the paired ratios fit time with / without, and a 95% interval, for the default
 interval (every 100 steps, histograms every 1000), for logging every step, for every step with
 `insight=False` (what a step says beyond the rates left out), and for every step with
