@@ -41,11 +41,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras
-from common import histograms_at_every_log
+from common import histograms_at_every_log, lab_model
 
-import keras_optlab as ko
 from keras_optlab.callbacks import OptimizerDiagnostics, _arguments, _scopes
-from keras_optlab.lab import data, training
+from keras_optlab.lab import data
 
 
 def main(argv=None):
@@ -60,29 +59,27 @@ def main(argv=None):
 
     dataset = data.load("digits")
 
-    def build():
-        model = training.build_model(dataset, "mlp", seed=0)
-        optimizer = ko.Adam() if args.optimizer == "keras_optlab" else keras.optimizers.Adam()
-        training.compile_for(model, dataset, optimizer)
-        return model
-
     # the fits without the callback on a model of their own, so that the callback's model
     # trains only with it (a fit of that model without it would have the next fit with it
     # write the last step logged anew, a cost of alternating, not of the callback)
-    model, plain_model = build(), build()
+    model, plain_model = lab_model(dataset, args.optimizer), lab_model(dataset, args.optimizer)
 
-    def fit(callbacks, on=model):
+    def fit(callbacks, on=model, epochs=args.epochs):
         x, y = dataset.x_train, dataset.y_train
-        on.fit(x, y, epochs=args.epochs, batch_size=32, verbose=0, callbacks=callbacks)
+        on.fit(x, y, epochs=epochs, batch_size=32, verbose=0, callbacks=callbacks)
 
     logs = tempfile.TemporaryDirectory(prefix="optlab-bench-")
     callback = OptimizerDiagnostics(
         logs.name, every_n_steps=args.every_n_steps, histogram_every_n_steps=args.histograms_every
     )
     fit([], plain_model)
+    # Each warm-up fit passes a multiple of every_n_steps (more epochs than --epochs where those
+    # are fewer steps), so that the calls are traced before the measured fits.
+    steps_per_epoch = -(-len(dataset.x_train) // 32)
+    warm_epochs = max(args.epochs, -(-args.every_n_steps // steps_per_epoch))
     with histograms_at_every_log([callback]):
-        fit([callback])
-        fit([callback])  # (the second: the first fit with the buffers made)
+        fit([callback], epochs=warm_epochs)
+        fit([callback], epochs=warm_epochs)  # (the second: the first fit with the buffers made)
 
     times = collections.defaultdict(list)  # piece -> seconds of each call
     calls_in_batch = []  # compiled calls and reads made in the batch under way

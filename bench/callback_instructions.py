@@ -134,23 +134,16 @@ def measure(args):
     """Under callgrind: the warm-up fits, then each model's fits, each dumped on its own."""
     sys.path.insert(0, os.path.dirname(HERE))
     sys.path.insert(0, HERE)
-    import keras
-    from common import callgrind_control, histograms_at_every_log
+    from common import callgrind_control, histograms_at_every_log, lab_model
 
-    import keras_optlab as ko
     from keras_optlab.callbacks import OptimizerDiagnostics, _training
-    from keras_optlab.lab import data, training
+    from keras_optlab.lab import data
 
     dataset = data.load("digits")
     logs = tempfile.mkdtemp(prefix="optlab-callgrind-logs-")
 
-    def build(optimizer):
-        model = training.build_model(dataset, "mlp", seed=0)
-        training.compile_for(model, dataset, optimizer)
-        return model
-
     names = args.models
-    models = {name: build(ko.Adam() if "keras" not in name else keras.optimizers.Adam()) for name in names}
+    models = {name: lab_model(dataset, "keras" if "keras" in name else "keras_optlab") for name in names}
     if "record" in models:
         _training.ask_for_gradient_record(models["record"], models["record"].optimizer)
     callbacks = {name: [] for name in names}

@@ -54,13 +54,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras
-from common import histograms_at_every_log, machine, median_interval, paired, write_json
+from common import histograms_at_every_log, lab_model, machine, median_interval, paired, write_json
 
-import keras_optlab as ko
 from keras_optlab.callbacks import OptimizerDiagnostics, _training
 from keras_optlab.callbacks._compiled import Compiled, to_numpy
 from keras_optlab.callbacks._training import variables_read
-from keras_optlab.lab import data, training
+from keras_optlab.lab import data
 from tests.tb import read_run
 
 
@@ -77,18 +76,12 @@ def main(argv=None):
 
     dataset = data.load("digits")
 
-    def build():
-        model = training.build_model(dataset, "mlp", seed=0)
-        optimizer = ko.Adam() if args.optimizer == "keras_optlab" else keras.optimizers.Adam()
-        training.compile_for(model, dataset, optimizer)
-        return model
-
     # The fits without the callback are of the same model (what the callback leaves on it
     # between fits: nothing it runs, the ring's train function uninstalled at each fit's end),
     # but for the gradient record: a keras_optlab optimizer goes on recording once the callback
     # with `gradient_norms=True` asked, a cost of the callback's that must be in the ratio,
     # measured against `plain`, a model of its own that the callback never sees.
-    model, plain = build(), build()
+    model, plain = lab_model(dataset, args.optimizer), lab_model(dataset, args.optimizer)
     # the callbacks' event files (read back to count the logs), removed when the run ends
     logs = tempfile.TemporaryDirectory(prefix="optlab-bench-")
     logdir = logs.name

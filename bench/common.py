@@ -91,6 +91,19 @@ def machine() -> dict:
     }
 
 
+def lab_model(dataset, adam="keras_optlab"):
+    """The lab's model (MLP 64-64-32-10, seed 0) compiled for `dataset` with Adam: keras_optlab's,
+    or Keras' built-in (`adam="keras"`), as the callback's benchmarks measure it."""
+    import keras
+
+    import keras_optlab as ko
+    from keras_optlab.lab import training
+
+    model = training.build_model(dataset, "mlp", seed=0)
+    training.compile_for(model, dataset, ko.Adam() if adam == "keras_optlab" else keras.optimizers.Adam())
+    return model
+
+
 def write_json(path, payload):
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
