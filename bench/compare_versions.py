@@ -216,15 +216,14 @@ def _programs(new, base, key) -> dict:
 
 
 def _cells(args):
-    """(key, build command) of every cell of the tables asked for (of `--cells`, where given)."""
-    chosen = None if args.cells is None else {key.strip() for key in args.cells.split(",")}
+    """(key, build command) of every cell of the tables asked for (of `--cells`, a set, where given)."""
     for regime in args.regimes:
         steps = args.steps or (3 if regime == "a" else 30)
         for name in args.optimizers.split(","):
             for mode in args.modes.split(","):
                 for flat in (False, True) if regime != "a" else (False,):
                     key = f"{regime}/{name}/{mode}/{'flat' if flat else 'default'}"
-                    if chosen is not None and key not in chosen:
+                    if args.cells is not None and key not in args.cells:
                         continue
                     yield (
                         key,
@@ -251,8 +250,9 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     if args.cells is not None:
+        args.cells = {key.strip() for key in args.cells.split(",")}
         known = {key for key, _ in _cells(argparse.Namespace(**{**vars(args), "cells": None}))}
-        unknown = sorted({key.strip() for key in args.cells.split(",")} - known)
+        unknown = sorted(args.cells - known)
         if unknown:
             parser.error(f"--cells: no such cell {', '.join(unknown)} (keys look like b/Adam/xla/flat)")
     if args.programs:
