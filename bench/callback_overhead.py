@@ -1,6 +1,7 @@
 """Overhead of OptimizerDiagnostics on `model.fit` with the lab's model.
 
     python bench/callback_overhead.py [--repeats 15] [--epochs 3] [--optimizer keras_optlab|keras]
+                                      [--cases default,every,...] [--floors]
                                       [--json bench/callback_overhead.json]
 
 The lab's default model (MLP 64-64-32-10 on scikit-learn's digits, batch 32, Adam:
@@ -33,6 +34,10 @@ A/A row.
 the callback's own hooks, over the fit without it in the same pair (the median of the pairs).
 It leaves out what the callback adds to the train step (the gradient record; where every step
 logs on TensorFlow, the copy of each step's state), which only the ratio holds.
+
+`--cases` runs some of the rows (all by default): `default`, `every`, `every-no-insight`,
+`every-call`, `gradient-norms`; the first A/A row is always run, the second with
+`gradient-norms`, which is read by it.
 
 `--floors` adds two callbacks that compute nothing, to show what any design that reads the
 state in a call of its own after each step pays: one calls an empty compiled function every
@@ -70,7 +75,12 @@ def main(argv=None):
     parser.add_argument("--optimizer", choices=["keras_optlab", "keras"], default="keras_optlab")
     parser.add_argument("--json", default=None)
     parser.add_argument("--floors", action="store_true", help="also two callbacks that compute nothing")
+    parser.add_argument("--cases", default=",".join(CASES), help="the rows to run, comma-separated")
     args = parser.parse_args(argv)
+    cases = [case.strip() for case in args.cases.split(",") if case.strip()]
+    unknown = [case for case in cases if case not in CASES]
+    if unknown or not cases:
+        parser.error(f"--cases takes some of {', '.join(CASES)}; got {args.cases!r}")
     # A callback that stopped writing would be measured doing nothing: make that fatal.
     warnings.filterwarnings("error", message="OptimizerDiagnostics")
 
@@ -85,16 +95,6 @@ def main(argv=None):
     # the callbacks' event files (read back to count the logs), removed when the run ends
     logs = tempfile.TemporaryDirectory(prefix="optlab-bench-")
     logdir = logs.name
-    settings = {
-        "default interval (100 steps, histograms 1000)": {},
-        "every step (no histograms)": {"every_n_steps": 1, "histogram_every_n_steps": None},
-        "every step, insight=False": {"every_n_steps": 1, "histogram_every_n_steps": None, "insight": False},
-        "every step, a call each (steps_per_call=1)": {
-            "every_n_steps": 1,
-            "histogram_every_n_steps": None,
-            "steps_per_call": 1,
-        },
-    }
 
     def fit(callbacks, on=None, epochs=None):
         (on or model).fit(
@@ -160,11 +160,12 @@ def main(argv=None):
     # machine's noise); then the model against the second one, what two models built alike
     # differ by, to read the gradient record's rows by.
     report("none (A/A: no callback, one model)", paired(lambda: fit([]), lambda: fit([]), args.repeats), None)
-    report(
-        "none (A/A: the two models, no callback)",
-        paired(lambda: fit([]), lambda: fit([], plain), args.repeats),
-        None,
-    )
+    if "gradient-norms" in cases:
+        report(
+            "none (A/A: the two models, no callback)",
+            paired(lambda: fit([]), lambda: fit([], plain), args.repeats),
+            None,
+        )
 
     def measure(name, kwargs, without=model):
         callback = OptimizerDiagnostics(os.path.join(logdir, f"setting-{len(results['cases'])}"), **kwargs)
@@ -198,8 +199,9 @@ def main(argv=None):
         assert logged == sum(passed), f"the callback logged {logged} times, not {sum(passed)}"
         report(name, ratios, traced, times, hooks)
 
-    for name, kwargs in settings.items():
-        measure(name, kwargs)
+    for case, (name, kwargs) in CASES.items():
+        if case in cases and kwargs is not None:
+            measure(name, kwargs)
     floors = {}
     if args.floors:
         floors["floor: empty compiled call, every step"] = Floor(reads=False)
@@ -215,15 +217,31 @@ def main(argv=None):
         report(name, ratios, traced, times, hooks)
     # The clipping advisor's record, asked of a keras_optlab optimizer on TensorFlow: each
     # train step records, from then on. That cost alone, then with the callback.
-    if _training.ask_for_gradient_record(model, model.optimizer):
+    if "gradient-norms" in cases and _training.ask_for_gradient_record(model, model.optimizer):
         fit([])  # traces the train function again, now recording
         ratios = paired(lambda: fit([]), lambda: fit([], plain), args.repeats)
         report("none, the gradient record on (gradient_norms')", ratios, None)
-        measure("default interval, gradient_norms=True", {"gradient_norms": True}, without=plain)
+        measure(CASES["gradient-norms"][0], {"gradient_norms": True}, without=plain)
     if args.json:
         write_json(args.json, results)
         print(f"\nwrote {args.json}")
 
+
+#: The rows `--cases` picks from: a short name, the row's name and the callback's arguments
+#: (None: measured apart, after the others).
+CASES = {
+    "default": ("default interval (100 steps, histograms 1000)", {}),
+    "every": ("every step (no histograms)", {"every_n_steps": 1, "histogram_every_n_steps": None}),
+    "every-no-insight": (
+        "every step, insight=False",
+        {"every_n_steps": 1, "histogram_every_n_steps": None, "insight": False},
+    ),
+    "every-call": (
+        "every step, a call each (steps_per_call=1)",
+        {"every_n_steps": 1, "histogram_every_n_steps": None, "steps_per_call": 1},
+    ),
+    "gradient-norms": ("default interval, gradient_norms=True", None),  # {"gradient_norms": True}
+}
 
 #: The hooks a callback may override that a fit calls (timed where it does override them).
 HOOKS = (
