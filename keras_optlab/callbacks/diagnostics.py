@@ -297,6 +297,7 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         if self._edge is not None:
             self._edge.start(model, variables, start)
         self._known, self._batches_since = start, 0  # iterations last read, batches begun since
+        self._quiet_until = 0  # batches begun since before which no batch can pass a multiple
         self._logs_this_fit = self._epochs_this_fit = 0
         self._pending = None  # (iterations before, iterations after) of a batch whose snapshot is taken
         self._statistics.set_mark(start, previous)
@@ -309,6 +310,9 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         """Logs the step of the previous batch if it passed a multiple of `every_n_steps`,
         and takes the snapshot when this batch may carry `iterations` past one."""
+        if self._batches_since < self._quiet_until:  # no multiple within reach: nothing to do
+            self._batches_since += 1
+            return
         if self._active:
             try:
                 if self._use_ring:
@@ -367,8 +371,10 @@ class OptimizerDiagnostics(keras.callbacks.Callback):
         if not optimizer.built:  # Keras builds it in the first step: nothing to read yet
             return
         # A batch moves iterations by at most steps_per_execution: read it only when
-        # that could reach the next multiple.
-        if (self._known + (self._batches_since + 1) * self._spe) // every <= self._mark // every:
+        # that could reach the next multiple, and skip the batches before that one.
+        reach = (self._mark // every + 1) * every - self._known  # steps to the next multiple
+        if (self._batches_since + 1) * self._spe < reach:
+            self._quiet_until = -(-reach // self._spe) - 1
             return
         if not carried:
             if self._counted:
