@@ -200,7 +200,7 @@ def main(argv=None):
         report(name, ratios, traced, times, hooks)
 
     for case, (name, kwargs) in CASES.items():
-        if case in cases and kwargs is not None:
+        if case in cases and case != "gradient-norms":  # measured apart, last
             measure(name, kwargs)
     floors = {}
     if args.floors:
@@ -221,14 +221,13 @@ def main(argv=None):
         fit([])  # traces the train function again, now recording
         ratios = paired(lambda: fit([]), lambda: fit([], plain), args.repeats)
         report("none, the gradient record on (gradient_norms')", ratios, None)
-        measure(CASES["gradient-norms"][0], {"gradient_norms": True}, without=plain)
+        measure(*CASES["gradient-norms"], without=plain)
     if args.json:
         write_json(args.json, results)
         print(f"\nwrote {args.json}")
 
 
-#: The rows `--cases` picks from: a short name, the row's name and the callback's arguments
-#: (None: measured apart, after the others).
+#: The rows `--cases` picks from: a short name, the row's name and the callback's arguments.
 CASES = {
     "default": ("default interval (100 steps, histograms 1000)", {}),
     "every": ("every step (no histograms)", {"every_n_steps": 1, "histogram_every_n_steps": None}),
@@ -240,7 +239,7 @@ CASES = {
         "every step, a call each (steps_per_call=1)",
         {"every_n_steps": 1, "histogram_every_n_steps": None, "steps_per_call": 1},
     ),
-    "gradient-norms": ("default interval, gradient_norms=True", None),  # {"gradient_norms": True}
+    "gradient-norms": ("default interval, gradient_norms=True", {"gradient_norms": True}),
 }
 
 #: The hooks a callback may override that a fit calls (timed where it does override them).
