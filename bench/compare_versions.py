@@ -139,12 +139,13 @@ _FIT = {}
 def _fit(ko):
     """One 3-epoch `fit` of the lab's MLP on digits with our Adam in Keras' convention (a
     function; traced and compiled at the first call)."""
-    from keras_optlab.lab import data, training
+    from common import lab_model
+
+    from keras_optlab.lab import data
 
     if not _FIT:
         dataset = data.load("digits")
-        model = training.build_model(dataset, "mlp", seed=0)
-        training.compile_for(model, dataset, ko.Adam.like("keras"))
+        model = lab_model(dataset, ko.Adam.like("keras"))
         _FIT.update(model=model, dataset=dataset)
         _FIT["run"] = lambda: model.fit(dataset.x_train, dataset.y_train, epochs=3, batch_size=32, verbose=0)
         _FIT["run"]()  # trace and compile

@@ -24,12 +24,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
-from common import machine, median_interval, write_json
+from common import lab_model, machine, median_interval, write_json
 
 import keras_optlab as ko
 from keras_optlab.callbacks._edge_of_stability import EdgeOfStability, check_probe
 from keras_optlab.callbacks._readers import reader_for
-from keras_optlab.lab import data, training
+from keras_optlab.lab import data
 
 
 def main(argv=None):
@@ -42,8 +42,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     dataset = data.load("digits")
-    model = training.build_model(dataset, "mlp", seed=0)
-    training.compile_for(model, dataset, getattr(ko, args.optimizer)())
+    model = lab_model(dataset, getattr(ko, args.optimizer)())
     model.fit(dataset.x_train, dataset.y_train, batch_size=32, epochs=1, verbose=0)
     variables = list(model.trainable_variables)
     parameters = sum(int(np.prod(v.shape)) for v in variables)

@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keras
 import numpy as np
 import tensorflow as tf
-from common import machine, median_interval, paired, write_json
+from common import lab_model, machine, median_interval, paired, write_json
 
 import keras_optlab as ko
 
@@ -157,14 +157,12 @@ def state_floats(optimizer, n_params):
 
 
 def fit_throughput(repeats):
-    from keras_optlab.lab import data, training
+    from keras_optlab.lab import data
 
     dataset = data.load("digits")
     models = {}
     for name, make in (("ours", lambda: ko.Adam.like("keras")), ("keras", lambda: keras.optimizers.Adam())):
-        model = training.build_model(dataset, "mlp", seed=0)
-        training.compile_for(model, dataset, make())
-        models[name] = model
+        models[name] = lab_model(dataset, make())
 
     def fit(model):
         return lambda: model.fit(dataset.x_train, dataset.y_train, epochs=3, batch_size=32, verbose=0)
