@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras
-from common import histograms_at_every_log, lab_model
+from common import histograms_at_every_log, lab_model, warm_up_epochs
 
 from keras_optlab.callbacks import OptimizerDiagnostics, _arguments, _scopes
 from keras_optlab.lab import data
@@ -73,10 +73,8 @@ def main(argv=None):
         logs.name, every_n_steps=args.every_n_steps, histogram_every_n_steps=args.histograms_every
     )
     fit([], plain_model)
-    # Each warm-up fit passes a multiple of every_n_steps (more epochs than --epochs where those
-    # are fewer steps), so that the calls are traced before the measured fits.
-    steps_per_epoch = -(-len(dataset.x_train) // 32)
-    warm_epochs = max(args.epochs, -(-args.every_n_steps // steps_per_epoch))
+    # The warm-up fits trace the calls, histograms included.
+    warm_epochs = warm_up_epochs(dataset, args.epochs, args.every_n_steps)
     with histograms_at_every_log([callback]):
         fit([callback], epochs=warm_epochs)
         fit([callback], epochs=warm_epochs)  # (the second: the first fit with the buffers made)

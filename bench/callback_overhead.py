@@ -59,7 +59,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras
-from common import histograms_at_every_log, lab_model, machine, median_interval, paired, write_json
+from common import (
+    histograms_at_every_log,
+    lab_model,
+    machine,
+    median_interval,
+    paired,
+    warm_up_epochs,
+    write_json,
+)
 
 from keras_optlab.callbacks import OptimizerDiagnostics, _training
 from keras_optlab.callbacks._compiled import Compiled, to_numpy
@@ -169,10 +177,8 @@ def main(argv=None):
 
     def measure(name, kwargs, without=model):
         callback = OptimizerDiagnostics(os.path.join(logdir, f"setting-{len(results['cases'])}"), **kwargs)
-        # The first fit traces the callback's statistics, its histograms too: it runs the epochs
-        # that pass a multiple of `every_n_steps` (more than --epochs where a fit of those is
-        # shorter than the interval).
-        warm_epochs = max(args.epochs, -(-callback.every_n_steps // steps_per_epoch))
+        # The first fit traces the callback's statistics, its histograms too.
+        warm_epochs = warm_up_epochs(dataset, args.epochs, callback.every_n_steps)
         start = time.perf_counter()
         with histograms_at_every_log([callback]):
             fit([callback], epochs=warm_epochs)

@@ -109,6 +109,14 @@ def lab_model(dataset, optimizer="keras_optlab"):
     return model
 
 
+def warm_up_epochs(dataset, epochs, every_n_steps, batch_size=32):
+    """The epochs of a warm-up fit that passes a multiple of `every_n_steps`, so that the
+    callback's calls are traced there, not in a measured fit: `epochs`, or more where those
+    are fewer steps."""
+    steps_per_epoch = -(-len(dataset.x_train) // batch_size)
+    return max(epochs, -(-every_n_steps // steps_per_epoch))
+
+
 def write_json(path, payload):
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
