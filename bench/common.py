@@ -100,10 +100,8 @@ def lab_model(dataset, optimizer="keras_optlab"):
     import keras_optlab as ko
     from keras_optlab.lab import training
 
-    if optimizer == "keras_optlab":
-        optimizer = ko.Adam()
-    elif optimizer == "keras":
-        optimizer = keras.optimizers.Adam()
+    if isinstance(optimizer, str):
+        optimizer = {"keras_optlab": ko.Adam, "keras": keras.optimizers.Adam}[optimizer]()
     model = training.build_model(dataset, "mlp", seed=0)
     training.compile_for(model, dataset, optimizer)
     return model
