@@ -30,6 +30,15 @@ without the callback too, so these are measured after the others, the record alo
 no callback, then the default interval with `gradient_norms=True`; read them against the second
 A/A row.
 
+Under each row, the same median over the pairs in which neither fit stalled at the start of an
+epoch (`EpochStarts`, in every fit, with the callback or without: the time from an epoch's
+beginning to its first batch, where Keras makes the epoch's data iterator; a start more than
+`STALL` times the row's median fit's longest is a stall), and how many fits of each side
+stalled. On this machine such a stall costs about 90 ms, a quarter of a fit of 5 epochs, in
+8-30% of the fits with the callback and without alike (counted over 300-400 fits of each, in
+random order): whether the few that land in a pair's one fit land in the fits with the callback
+or in those without moves the median of all pairs by more than the callback costs.
+
 "in its hooks" is measured directly, without a second fit: the seconds a fit spent inside
 the callback's own hooks, over the fit without it in the same pair (the median of the pairs).
 It leaves out what the callback adds to the train step (the gradient record; where every step
@@ -50,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -104,6 +114,8 @@ def main(argv=None):
     logs = tempfile.TemporaryDirectory(prefix="optlab-bench-")
     logdir = logs.name
 
+    starts = EpochStarts()  # in every fit, first: each fit's longest epoch start
+
     def fit(callbacks, on=None, epochs=None):
         (on or model).fit(
             dataset.x_train,
@@ -111,8 +123,22 @@ def main(argv=None):
             epochs=epochs or args.epochs,
             batch_size=32,
             verbose=0,
-            callbacks=callbacks,
+            callbacks=[starts, *callbacks],
         )
+
+    def pairs(a, b, times=None):
+        """`paired(a, b)`, and each pair's two fits' longest epoch starts."""
+        longest = ([], [])
+
+        def noting(fn, into):
+            def run():
+                fn()
+                into.append(starts.longest[-1])
+
+            return run
+
+        ratios = paired(noting(a, longest[0]), noting(b, longest[1]), args.repeats, times)
+        return ratios, list(zip(*longest, strict=True))
 
     start = time.perf_counter()
     fit([], plain)  # traces the train function
@@ -130,7 +156,8 @@ def main(argv=None):
         f"{'first fit, traced':>18s}"
     )
 
-    def report(name, ratios, traced, times=None, hooks=None):
+    def report(name, measured, traced, times=None, hooks=None):
+        ratios, longest = measured
         median, low, high = median_interval(ratios)
         case = {"median": median, "low": low, "high": high, "ratios": ratios, "traced": traced}
         shown = "-"
@@ -141,6 +168,18 @@ def main(argv=None):
         results["cases"][name] = case
         traced = "-" if traced is None else f"{traced:.1f}s"
         print(f"{name:45s} {median:14.3f} {f'[{low:.3f}, {high:.3f}]':>16s} {shown:>13s} {traced:>18s}")
+        # The pairs in which neither fit stalled at an epoch's start (`EpochStarts`).
+        threshold = STALL * statistics.median(x for pair in longest for x in pair)
+        calm = [r for r, pair in zip(ratios, longest, strict=True) if max(pair) <= threshold]
+        stalled = [sum(pair[k] > threshold for pair in longest) for k in (0, 1)]
+        case["without_stalls"] = {"pairs": len(calm), "stalled_fits": stalled, "threshold": threshold}
+        line = f"{len(calm)} of {len(ratios)} pairs"
+        if calm:
+            calm_median, calm_low, calm_high = median_interval(calm)
+            case["without_stalls"] |= {"median": calm_median, "low": calm_low, "high": calm_high}
+            line += f", {calm_median:.3f} [{calm_low:.3f}, {calm_high:.3f}]"
+        line += f"; fits that stalled: {stalled[0]} and {stalled[1]}"
+        print(f"  {'no epoch-start stall in either fit:':43s} {line}")
 
     def timed(callback):
         """`callback`'s fit, and the seconds each such fit spent in its own hooks."""
@@ -167,13 +206,10 @@ def main(argv=None):
     # Neither fit with a callback: what the pairs measure with nothing to measure (the
     # machine's noise); then the model against the second one, what two models built alike
     # differ by, to read the gradient record's rows by.
-    report("none (A/A: no callback, one model)", paired(lambda: fit([]), lambda: fit([]), args.repeats), None)
+    report("none (A/A: no callback, one model)", pairs(lambda: fit([]), lambda: fit([])), None)
     if "gradient-norms" in cases:
-        report(
-            "none (A/A: the two models, no callback)",
-            paired(lambda: fit([]), lambda: fit([], plain), args.repeats),
-            None,
-        )
+        two_models = pairs(lambda: fit([]), lambda: fit([], plain))
+        report("none (A/A: the two models, no callback)", two_models, None)
 
     def measure(name, kwargs, without=model):
         callback = OptimizerDiagnostics(os.path.join(logdir, f"setting-{len(results['cases'])}"), **kwargs)
@@ -199,11 +235,11 @@ def main(argv=None):
             at[0] += steps if without is model else 0
 
         logged_before = len(read_run(callback.run_dir)["update_ratio_log10/model"])
-        ratios = paired(counted, plain_fit, args.repeats, times)
+        measured = pairs(counted, plain_fit, times)
         assert at[0] == int(to_numpy(model.optimizer.iterations))
         logged = len(read_run(callback.run_dir)["update_ratio_log10/model"]) - logged_before
         assert logged == sum(passed), f"the callback logged {logged} times, not {sum(passed)}"
-        report(name, ratios, traced, times, hooks)
+        report(name, measured, traced, times, hooks)
 
     for case, (name, kwargs) in CASES.items():
         if case in cases and case != "gradient-norms":  # measured apart, last
@@ -218,15 +254,15 @@ def main(argv=None):
         traced = time.perf_counter() - start
         run, hooks = timed(floor)
         times = []
-        ratios = paired(run, lambda: fit([]), args.repeats, times)
+        measured = pairs(run, lambda: fit([]), times)
         assert floor.calls >= (args.repeats + 1) * steps, floor.calls  # with the tracing fit's
-        report(name, ratios, traced, times, hooks)
+        report(name, measured, traced, times, hooks)
     # The clipping advisor's record, asked of a keras_optlab optimizer on TensorFlow: each
     # train step records, from then on. That cost alone, then with the callback.
     if "gradient-norms" in cases and _training.ask_for_gradient_record(model, model.optimizer):
         fit([])  # traces the train function again, now recording
-        ratios = paired(lambda: fit([]), lambda: fit([], plain), args.repeats)
-        report("none, the gradient record on (gradient_norms')", ratios, None)
+        measured = pairs(lambda: fit([]), lambda: fit([], plain))
+        report("none, the gradient record on (gradient_norms')", measured, None)
         measure(*CASES["gradient-norms"], without=plain)
     if args.json:
         write_json(args.json, results)
@@ -247,6 +283,35 @@ CASES = {
     ),
     "gradient-norms": ("default interval, gradient_norms=True", {"gradient_norms": True}),
 }
+
+#: An epoch start this many times the median of the fits' longest (in the row's pairs) is a stall.
+STALL = 3.0
+
+
+class EpochStarts(keras.callbacks.Callback):
+    """The seconds from each epoch's beginning to its first batch, in every measured fit, with
+    the callback or without: there Keras makes the epoch's data iterator, and some epochs of
+    some fits wait about 90 ms more (`--epochs 5` on this machine: 10 ms an epoch start, and
+    in 8-30% of the fits with the callback and without alike, one start of 90-100 ms). Keeps
+    each fit's longest, in `longest`."""
+
+    def __init__(self):
+        super().__init__()
+        self.longest, self._began, self._starts = [], 0.0, []
+
+    def on_train_begin(self, logs=None):
+        self._starts = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._began = time.perf_counter()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == 0:
+            self._starts.append(time.perf_counter() - self._began)
+
+    def on_train_end(self, logs=None):
+        self.longest.append(max(self._starts, default=0.0))
+
 
 #: The hooks a callback may override that a fit calls (timed where it does override them).
 HOOKS = (
