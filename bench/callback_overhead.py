@@ -34,11 +34,14 @@ Under each row, the same median over the pairs in which neither fit stalled at t
 epoch (`EpochStarts`, in every fit, with the callback or without: the time from an epoch's
 beginning to its first batch, where Keras makes the epoch's data iterator; a start more than
 `STALL` times the row's median fit's longest is a stall), and how many fits of each side
-stalled. On this machine (2026-12-01) an epoch's start took about 10 ms and a stalled one 90-100
-ms, a quarter of a fit of 5 epochs; the share of fits with a stall went from 1% to 30% from one
-process to another, and within one it was the same with the callback and without (143, 140 and
-146 stalls in 2,000 epochs each of fits with no callback, with one that never logs and with the
-default interval, in random order). Those pairs read the callback's cost without that noise.
+stalled. On this machine (2026-12-01) an epoch's start took about 15 ms and a stalled one 90-100
+ms, a quarter of a fit of 5 epochs: the destruction of a previous epoch's iterator waiting for
+one of tf.data's autotuning threads (`bench/epoch_start_stalls.py`: none with autotuning off).
+The share of fits with a stall went from 1% to 30% from one process to another; whether the
+callback raises it is not settled (143, 140 and 146 stalls in 2,000 epochs each of fits with no
+callback, with one that never logs and with the default interval, in random order, a scratch
+run; more with the callback in some runs). Those pairs read the callback's cost without that
+noise.
 
 "in its hooks" is measured directly, without a second fit: the seconds a fit spent inside
 the callback's own hooks, over the fit without it in the same pair (the median of the pairs).
@@ -292,9 +295,9 @@ STALL = 3.0
 class EpochStarts(keras.callbacks.Callback):
     """The seconds from each epoch's beginning to its first batch, in every measured fit, with
     the callback or without: there Keras makes the epoch's data iterator, and some epochs of
-    some fits wait about 90 ms more (on this machine: 10 ms an epoch start, and in 1-30% of the
-    fits of a process, with the callback and without alike, one start of 90-100 ms). Keeps each
-    fit's longest, in `longest`."""
+    some fits wait about 90 ms more, for tf.data's autotuning (on this machine: 15 ms an epoch
+    start, and in 1-30% of the fits of a process one start of 90-100 ms;
+    `bench/epoch_start_stalls.py`). Keeps each fit's longest, in `longest`."""
 
     def __init__(self):
         super().__init__()
