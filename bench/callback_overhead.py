@@ -137,7 +137,7 @@ def main(argv=None):
         def noting(fn, into):
             def run():
                 fn()
-                into.append(starts.longest[-1])
+                into.append(max(starts.starts[-1], default=0.0))
 
             return run
 
@@ -293,28 +293,30 @@ STALL = 3.0
 
 
 class EpochStarts(keras.callbacks.Callback):
-    """The seconds from each epoch's beginning to its first batch, in every measured fit, with
-    the callback or without: there Keras makes the epoch's data iterator, and some epochs of
-    some fits wait about 90 ms more, for tf.data's autotuning (on this machine: 15 ms an epoch
-    start, and in 1-30% of the fits of a process one start of 90-100 ms;
-    `bench/epoch_start_stalls.py`). Keeps each fit's longest, in `longest`."""
+    """The seconds from each epoch's beginning to its first batch, in every fit it is given to:
+    there Keras makes the epoch's data iterator, and some epochs of some fits wait about 90 ms
+    more, for tf.data's autotuning (on this machine: 15 ms an epoch start, and in 1-30% of the
+    fits of a process one start of 90-100 ms; `bench/epoch_start_stalls.py`, which uses it
+    too). Keeps each fit's starts (`starts`, a list a fit) and its seconds from
+    `on_train_begin` to `on_train_end` (`seconds`)."""
 
     def __init__(self):
         super().__init__()
-        self.longest, self._began, self._starts = [], 0.0, []
+        self.starts, self.seconds, self._began, self._fit_began = [], [], 0.0, 0.0
 
     def on_train_begin(self, logs=None):
-        self._starts = []
+        self.starts.append([])
+        self._fit_began = time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._began = time.perf_counter()
 
     def on_train_batch_begin(self, batch, logs=None):
         if batch == 0:
-            self._starts.append(time.perf_counter() - self._began)
+            self.starts[-1].append(time.perf_counter() - self._began)
 
     def on_train_end(self, logs=None):
-        self.longest.append(max(self._starts, default=0.0))
+        self.seconds.append(time.perf_counter() - self._fit_began)
 
 
 #: The hooks a callback may override that a fit calls (timed where it does override them).

@@ -34,13 +34,13 @@ import random
 import statistics
 import sys
 import tempfile
-import time
 import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras
+from callback_overhead import EpochStarts
 from common import lab_model, machine, write_json
 
 from keras_optlab.callbacks import OptimizerDiagnostics
@@ -48,28 +48,6 @@ from keras_optlab.lab import data
 
 FEEDS = ("arrays", "autotune", "no-autotune")
 ARMS = ("no callback", "callback")
-
-
-class EpochStarts(keras.callbacks.Callback):
-    """The seconds from each epoch's beginning to its first batch, and each fit's seconds
-    (from `on_train_begin` to `on_train_end`), appended to the lists it is given."""
-
-    def __init__(self):
-        super().__init__()
-        self.starts, self.fits, self._began, self._fit_began = None, None, 0.0, 0.0
-
-    def on_train_begin(self, logs=None):
-        self._fit_began = time.perf_counter()
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._began, self._epoch = time.perf_counter(), epoch
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if batch == 0 and self._epoch > 0:
-            self.starts.append(time.perf_counter() - self._began)
-
-    def on_train_end(self, logs=None):
-        self.fits.append(time.perf_counter() - self._fit_began)
 
 
 def main(argv=None):
@@ -116,13 +94,14 @@ def main(argv=None):
     # warm-up: each way once, long enough to pass a log, unmeasured
     for arm in ARMS:
         for feed in FEEDS:
-            probe.starts, probe.fits = [], []
             models[arm].fit(epochs=args.epochs, verbose=0, callbacks=callbacks[arm], **feeds[feed])
     order = [(arm, feed) for arm in ARMS for feed in FEEDS] * args.fits
     random.Random(args.seed).shuffle(order)
     for arm, feed in order:
-        probe.starts, probe.fits = measured[arm, feed]
         models[arm].fit(epochs=args.epochs, verbose=0, callbacks=callbacks[arm], **feeds[feed])
+        starts, fits = measured[arm, feed]
+        starts += probe.starts[-1][1:]  # the first epoch's start left out: nothing thrown away
+        fits.append(probe.seconds[-1])
     logs.cleanup()
 
     print(
