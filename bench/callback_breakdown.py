@@ -1,7 +1,7 @@
 """Where OptimizerDiagnostics' time goes at its default interval, piece by piece.
 
     python bench/callback_breakdown.py [--fits 20] [--epochs 5] [--optimizer keras_optlab|keras]
-                                       [--every-n-steps 100] [--histograms-every 1000]
+                                       [--every-n-steps 100] [--histograms-every 1000] [--loop 300]
 
 The lab's model (MLP 64-64-32-10 on scikit-learn's digits, batch 32, Adam: keras_optlab's or
 Keras' built-in; the backend is Keras', set by KERAS_BACKEND) fits `--epochs` epochs `--fits`
@@ -20,6 +20,10 @@ of the median fit without the callback:
   statistics call     the compiled call after it, and `histograms` where due
   write               the event's encoding and the values brought to the host
   on_epoch_end, on_train_end
+
+Last, the same compiled calls in a loop, out of any fit (`--loop` rounds, 300 by default, each
+call once a round in turn), beside an empty one compiled alike (`_compiled.Compiled` of a function
+that returns a zero): what a call costs the backend before it computes anything.
 
 Shares are of the work the callback does in its own hooks (what `bench/callback_overhead.py`
 calls "hooks"); the paired fit times there hold the rest. Timing a piece adds a few
@@ -44,6 +48,7 @@ import keras
 from common import histograms_at_every_log, lab_model, warm_up_epochs
 
 from keras_optlab.callbacks import OptimizerDiagnostics, _arguments, _scopes
+from keras_optlab.callbacks._compiled import Compiled
 from keras_optlab.lab import data
 
 
@@ -54,6 +59,7 @@ def main(argv=None):
     parser.add_argument("--optimizer", choices=["keras_optlab", "keras"], default="keras_optlab")
     parser.add_argument("--every-n-steps", type=int, default=100)
     parser.add_argument("--histograms-every", type=int, default=1000)
+    parser.add_argument("--loop", type=int, default=300, help="rounds of the calls in a loop (0: none)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("error", message="OptimizerDiagnostics")  # one that stopped writing: fatal
 
@@ -161,6 +167,31 @@ def main(argv=None):
     share = hooks / fit_seconds
     print(f"\nin the callback's hooks: {hooks * 1e3:.3f} ms a fit, {share:.2%} of the fit without it")
     print("(the calls and the write are inside 'batch with a call' and the hooks at the epochs' ends)")
+    if args.loop:
+        loop_calls(function, args.loop)
+
+
+def loop_calls(function, rounds):
+    """The snapshot's and the statistics' calls (`function`, the callback's, after its fits)
+    in a loop beside an empty call compiled alike, one of each a round in turn, so that the
+    machine's load falls on all three alike: each call's median and 10th percentile."""
+    calls = {
+        "empty compiled call": Compiled(lambda: keras.ops.zeros(()), []),
+        "snapshot call": function("snapshot"),
+        "statistics call": function("stats"),
+    }
+    times = {name: [] for name in calls}
+    for call in calls.values():
+        call()  # (the empty one's first call traces it)
+    for _ in range(rounds):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    print(f"\nthe calls in a loop, out of any fit ({rounds} rounds, one of each a round in turn):")
+    for name, seconds in times.items():
+        median, low = statistics.median(seconds), sorted(seconds)[len(seconds) // 10]
+        print(f"{name:28s} median {median * 1e6:6.0f} us, 10th percentile {low * 1e6:6.0f} us")
 
 
 if __name__ == "__main__":
