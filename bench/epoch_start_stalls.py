@@ -19,7 +19,7 @@ For each way it prints the epoch starts (the time from `on_epoch_begin` to the f
 `on_train_batch_begin`; each fit's first epoch left out, as it makes nothing to throw away)
 longer than `--stall-ms`, of how many, the median start, and the median fit.
 
-What it showed on 2026-12-01 (in the README): the stalls (90-100 ms) come with the
+What it showed on 2026-12-01 (in docs/diagnostics-overhead.md): the stalls (90-100 ms) come with the
 autotuned feeds and not without autotuning. A native stack taken in a stall
 (`py-spy dump --native --pid PID`) shows the main thread in the destructor of the previous
 epoch's iterator (`IteratorResource::~IteratorResource`, `RootDataset::Iterator::~Iterator`),
