@@ -61,6 +61,9 @@ def main(argv=None):
     parser.add_argument("--histograms-every", type=int, default=1000)
     parser.add_argument("--loop", type=int, default=300, help="rounds of the calls in a loop (0: none)")
     args = parser.parse_args(argv)
+    for name in ("fits", "epochs", "every_n_steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} takes 1 or more; got {getattr(args, name)}")
     if args.loop < 0:
         parser.error(f"--loop takes 0 or more rounds; got {args.loop}")
     warnings.filterwarnings("error", message="OptimizerDiagnostics")  # one that stopped writing: fatal
