@@ -41,7 +41,7 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras
 from callback_overhead import EpochStarts
-from common import lab_model, machine, write_json
+from common import lab_model, machine, warm_up_epochs, write_json
 
 from keras_optlab.callbacks import OptimizerDiagnostics
 from keras_optlab.lab import data
@@ -91,10 +91,11 @@ def main(argv=None):
         ],
     }
     measured = {(arm, feed): ([], []) for arm in ARMS for feed in FEEDS}  # (starts, fits)
-    # warm-up: each way once, long enough to pass a log, unmeasured
+    # warm-up: each way once, long enough to pass a log (the callback's calls traced), unmeasured
+    warm_epochs = warm_up_epochs(dataset, args.epochs, args.every_n_steps)
     for arm in ARMS:
         for feed in FEEDS:
-            models[arm].fit(epochs=args.epochs, verbose=0, callbacks=callbacks[arm], **feeds[feed])
+            models[arm].fit(epochs=warm_epochs, verbose=0, callbacks=callbacks[arm], **feeds[feed])
     order = [(arm, feed) for arm in ARMS for feed in FEEDS] * args.fits
     random.Random(args.seed).shuffle(order)
     for arm, feed in order:
